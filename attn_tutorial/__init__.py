@@ -1,0 +1,37 @@
+"""attn_tutorial: the companion package of the book *Attention, from intuition to translation*.
+
+The package is flat: one module per idea, each with its own ``__all__``, every public name
+re-exported here. Conventions used everywhere:
+
+* batch first; heads are their own dimension: ``(batch, heads, seq, d_head)``;
+* boolean masks, ``True`` = *may attend* (PyTorch's ``scaled_dot_product_attention`` convention);
+* attention functions and modules return ``(output, weights)``.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+
+from . import runtime
+from .runtime import *  # noqa: F403
+from . import kernel_regression
+from .kernel_regression import *  # noqa: F403
+from . import plotting
+from .plotting import *  # noqa: F403
+from . import widgets
+from .widgets import *  # noqa: F403
+from . import attention
+from .attention import *  # noqa: F403
+from . import multihead
+from .multihead import *  # noqa: F403
+from . import positional
+from .positional import *  # noqa: F403
+from . import numpy_ref
+from .numpy_ref import *  # noqa: F403
+
+try:
+    __version__ = version("attn-tutorial")
+except PackageNotFoundError:  # running from a source tree that was not installed
+    __version__ = "0.0.0+unknown"
+
+__all__ = [*runtime.__all__, *kernel_regression.__all__, *plotting.__all__, *widgets.__all__, *attention.__all__, *multihead.__all__, *positional.__all__, *numpy_ref.__all__]

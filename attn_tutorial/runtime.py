@@ -1,0 +1,113 @@
+"""Seeds, devices and paths: the small things every chapter's first cell needs.
+
+Everything here is deliberately independent of the working directory: a notebook opened from
+``chapters/``, a script run from the repository root and a user's own project all get the same
+answers.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = [
+    "DATA_ENV_VAR",
+    "set_seed",
+    "default_device",
+    "autocast_dtype",
+    "repo_root",
+    "data_dir",
+]
+
+#: Environment variable naming the directory that holds the book's data sets
+#: (for example ``$ATTN_TUTORIAL_DATA/multi30k/train.de.gz``).
+DATA_ENV_VAR = "ATTN_TUTORIAL_DATA"
+
+
+def set_seed(seed: int = 0) -> torch.Generator:
+    """Seed Python's ``random``, NumPy's legacy global generator and PyTorch (CPU and CUDA).
+
+    Returns a fresh ``torch.Generator`` seeded with ``seed`` for code that prefers an explicit
+    generator over global state.
+
+    >>> g = set_seed(3); a = torch.rand(2); _ = set_seed(3); b = torch.rand(2)
+    >>> bool(torch.equal(a, b))
+    True
+    """
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+    return torch.Generator().manual_seed(seed)
+
+
+def default_device(prefer: str | None = None) -> torch.device:
+    """The device to compute on: ``prefer`` if given, else CUDA, then Apple MPS, then CPU.
+
+    ``prefer`` may be any string ``torch.device`` accepts (``"cpu"``, ``"cuda:1"``, ...); asking for
+    an accelerator that is not present raises a ``RuntimeError`` instead of silently falling back.
+    """
+    if prefer is not None:
+        device = torch.device(prefer)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device={prefer!r} was requested but CUDA is not available here")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise RuntimeError(f"device={prefer!r} was requested but Apple MPS is not available here")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
+    """The mixed-precision dtype to use on ``device``, or ``None`` for full float32.
+
+    bfloat16 on GPUs that support it (no loss scaling needed), float16 on older CUDA GPUs, and
+    ``None`` on CPU and MPS, where the book trains in float32 for reproducibility.
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return None
+
+
+def repo_root() -> Path | None:
+    """The root of the book's repository when the package is used from a checkout, else ``None``.
+
+    Found from this file's location (never from the working directory): the first parent that holds
+    both ``_toc.yml`` and ``attn_tutorial/``.
+    """
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "_toc.yml").is_file() and (parent / "attn_tutorial").is_dir():
+            return parent
+    return None
+
+
+def data_dir(create: bool = False) -> Path:
+    """The directory the package reads data sets from.
+
+    ``$ATTN_TUTORIAL_DATA`` when set (CI points it at ``../shared/data``), else the user cache
+    ``$XDG_CACHE_HOME/attn_tutorial`` (``~/.cache/attn_tutorial``), where downloads are stored.
+    A relative ``$ATTN_TUTORIAL_DATA`` is resolved against the working directory once, here.
+    """
+    env = os.environ.get(DATA_ENV_VAR)
+    if env:
+        path = Path(env).expanduser().resolve()
+        if not path.is_dir():
+            raise FileNotFoundError(
+                f"{DATA_ENV_VAR}={env!r} does not name a directory; point it at the folder that holds "
+                "'multi30k/' (for example the absolute path of ../shared/data), or unset it to use "
+                "the download cache"
+            )
+        return path
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "attn_tutorial"
+    if create:
+        cache.mkdir(parents=True, exist_ok=True)
+    return cache

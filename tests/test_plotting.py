@@ -1,0 +1,119 @@
+"""Plot helpers (attn_tutorial.plotting): return labelled Axes, draw on the given axes or a new figure."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.axes import Axes  # noqa: E402
+
+from attn_tutorial.plotting import (  # noqa: E402
+    plot_attention_heatmap,
+    plot_kernel_regression,
+    plot_loss_curve,
+    plot_weights_over_keys,
+    to_numpy,
+)
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    plt.close("all")
+    yield
+    plt.close("all")
+
+
+def test_heatmap_new_figure_labels_and_data():
+    w = torch.softmax(torch.randn(3, 4, requires_grad=True), dim=-1)
+    before = len(plt.get_fignums())
+    ax = plot_attention_heatmap(w, xlabels=list("abcd"), ylabels=["x", "y", "z"], title="T", annotate=True)
+    assert isinstance(ax, Axes) and len(plt.get_fignums()) == before + 1
+    assert ax.get_xlabel() == "Keys" and ax.get_ylabel() == "Queries" and ax.get_title() == "T"
+    assert [t.get_text() for t in ax.get_xticklabels()] == list("abcd")
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["x", "y", "z"]
+    np.testing.assert_allclose(ax.images[0].get_array(), w.detach().numpy(), rtol=1e-7, atol=0)
+    assert len(ax.texts) == 12  # one annotation per cell
+    assert len(ax.figure.axes) == 2  # the heatmap and its colour bar
+
+
+def test_heatmap_draws_on_given_axes_without_colorbar():
+    fig, (a, b) = plt.subplots(1, 2)
+    ax = plot_attention_heatmap(np.eye(3)[None], ax=b, colorbar=False, xlabel="source", ylabel="target")
+    assert ax is b and len(plt.get_fignums()) == 1 and len(fig.axes) == 2
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("source", "target", "Attention weights")
+
+
+def test_heatmap_errors():
+    with pytest.raises(ValueError, match="2-D"):
+        plot_attention_heatmap(np.zeros((2, 3, 4)))
+    with pytest.raises(ValueError, match="xlabels"):
+        plot_attention_heatmap(np.zeros((2, 3)), xlabels=["a"])
+    with pytest.raises(ValueError, match="ylabels"):
+        plot_attention_heatmap(np.zeros((2, 3)), ylabels=["a"])
+
+
+def test_kernel_regression_plot():
+    x = torch.linspace(0, 5, 10)
+    y = torch.sin(x)
+    q = torch.linspace(0, 5, 30)
+    ax = plot_kernel_regression(x, y, q, {"a": torch.cos(q), "b": q}, truth=torch.sin(q),
+                                weights=torch.full((10,), 0.1), query=2.0, query_estimate=0.5)
+    assert isinstance(ax, Axes)
+    assert ax.get_xlabel() == "x" and ax.get_ylabel() == "y" and ax.get_title()
+    labels = [line.get_label() for line in ax.get_lines()]
+    for expected in ("truth", "a", "b", "query", "estimate at query"):
+        assert expected in labels
+    np.testing.assert_allclose(ax.get_lines()[1].get_ydata(), torch.cos(q).numpy(), rtol=1e-7)
+    fig, own = plt.subplots()
+    assert plot_kernel_regression(x, y, ax=own, title="data only") is own and own.get_title() == "data only"
+
+
+def test_kernel_regression_plot_errors():
+    x = torch.zeros(4)
+    with pytest.raises(ValueError, match="same length"):
+        plot_kernel_regression(x, torch.zeros(5))
+    with pytest.raises(ValueError, match="queries"):
+        plot_kernel_regression(x, x, estimates=torch.zeros(3))
+    with pytest.raises(ValueError, match="weights"):
+        plot_kernel_regression(x, x, weights=torch.zeros(3))
+    with pytest.raises(ValueError, match="estimate"):
+        plot_kernel_regression(x, x, torch.zeros(3), torch.zeros(2))
+
+
+def test_weights_over_keys():
+    ax = plot_weights_over_keys([0.0, 1.0, 2.0], torch.tensor([0.2, 0.5, 0.3]), query=1.2, title="w")
+    assert isinstance(ax, Axes) and ax.get_title() == "w"
+    assert ax.get_xlabel() == "key position" and ax.get_ylabel() == "attention weight"
+    with pytest.raises(ValueError, match="same length"):
+        plot_weights_over_keys([0.0], [0.1, 0.2])
+
+
+def test_loss_curve_sequence_and_mapping():
+    ax = plot_loss_curve([3.0, 2.0, 1.5])
+    assert isinstance(ax, Axes) and ax.get_xlabel() == "step" and ax.get_ylabel() == "loss"
+    assert ax.get_title() == "Training loss"
+    np.testing.assert_allclose(ax.get_lines()[0].get_ydata(), [3.0, 2.0, 1.5])
+    hist = {"train_loss": [2.0, 1.0], "valid_loss": [2.5, 1.8], "lr": [0.1, 0.1]}
+    fig, own = plt.subplots()
+    ax = plot_loss_curve(hist, ax=own, logy=True, title="curves")
+    assert ax is own and ax.get_yscale() == "log" and ax.get_title() == "curves"
+    assert [line.get_label() for line in ax.get_lines()] == ["train_loss", "valid_loss"]
+    ax = plot_loss_curve(hist, keys=["lr"], ylabel="learning rate")
+    assert [line.get_label() for line in ax.get_lines()] == ["lr"] and ax.get_ylabel() == "learning rate"
+    with pytest.raises(ValueError, match="not in history"):
+        plot_loss_curve(hist, keys=["nope"])
+    with pytest.raises(ValueError, match="loss"):
+        plot_loss_curve({"lr": [1.0]})
+    with pytest.raises(ValueError, match="empty"):
+        plot_loss_curve([])
+
+
+def test_to_numpy_handles_grad_and_half():
+    t = torch.ones(2, dtype=torch.bfloat16, requires_grad=True)
+    out = to_numpy(t * 2)
+    assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.tolist() == [2.0, 2.0]

@@ -1,0 +1,154 @@
+"""The project's own consistency: dependencies, table of contents, notebooks as committed."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[1]
+CHAPTERS = sorted((ROOT / "chapters").glob("*.ipynb"))
+# conda-forge names that differ from PyPI's
+CONDA_NAMES = {"torch": "pytorch"}
+REQ = re.compile(r"^\s*([A-Za-z0-9_.\-]+)\s*([^;#]*?)\s*(?:;.*)?(?:#.*)?$")
+
+
+def _parse(requirement: str) -> tuple[str, str]:
+    match = REQ.match(requirement)
+    assert match, f"cannot parse requirement {requirement!r}"
+    name, spec = match.groups()
+    return name.lower().replace("_", "-"), spec.replace(" ", "")
+
+
+def test_environment_yml_matches_pyproject() -> None:
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    wanted = [*project["dependencies"]]
+    for extra in project["optional-dependencies"].values():
+        wanted += extra
+    expected = {}
+    for req in wanted:
+        name, spec = _parse(req)
+        expected[CONDA_NAMES.get(name, name)] = spec
+    env = yaml.safe_load((ROOT / "environment.yml").read_text())
+    conda = {}
+    for dep in env["dependencies"]:
+        if isinstance(dep, str):
+            name, spec = _parse(dep)
+            if name not in {"python", "pip"}:
+                conda[name] = spec
+    assert conda == expected, (
+        "environment.yml and pyproject.toml disagree:\n"
+        f"  only in pyproject: {sorted(set(expected) - set(conda))}\n"
+        f"  only in environment.yml: {sorted(set(conda) - set(expected))}\n"
+        f"  different versions: {sorted(k for k in set(conda) & set(expected) if conda[k] != expected[k])}"
+    )
+    python = [d for d in env["dependencies"] if isinstance(d, str) and d.startswith("python")]
+    assert python == [f"python{project['requires-python']}"]
+
+
+def _toc_files(node: object) -> list[str]:
+    found: list[str] = []
+    if isinstance(node, dict):
+        if "file" in node:
+            found.append(node["file"])
+        for value in node.values():
+            found += _toc_files(value)
+    elif isinstance(node, list):
+        for value in node:
+            found += _toc_files(value)
+    return found
+
+
+def test_toc_lists_every_chapter_and_only_existing_files() -> None:
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    assert toc["format"] == "jb-book"
+    files = [toc["root"], *_toc_files(toc.get("parts", []))]
+    for entry in files:
+        candidates = [ROOT / f"{entry}{ext}" for ext in ("", ".md", ".ipynb")]
+        assert any(c.is_file() for c in candidates), f"_toc.yml names {entry!r}, which does not exist"
+    listed = {f for f in files if f.startswith("chapters/")}
+    on_disk = {f"chapters/{p.stem}" for p in CHAPTERS}
+    assert listed == on_disk, f"chapters not in the toc: {on_disk - listed}; missing files: {listed - on_disk}"
+    assert len(files) == len(set(files)), "a file is listed twice in _toc.yml"
+
+
+def test_chapter_file_names_are_numbered_in_order() -> None:
+    numbers = [int(p.name.split("_", 1)[0]) for p in CHAPTERS]
+    assert all(re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", p.name) for p in CHAPTERS)
+    assert numbers == list(range(1, len(CHAPTERS) + 1))
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_notebook_is_committed_executed_and_clean(path: Path) -> None:
+    nb = json.loads(path.read_text())
+    cells = nb["cells"]
+    code = [c for c in cells if c["cell_type"] == "code"]
+    assert code, "a chapter without code"
+    # Executed top to bottom in one fresh kernel, as `make notebooks` does.
+    counts = [c["execution_count"] for c in code if c["source"]]
+    assert counts == list(range(1, len(counts) + 1)), f"{path.name}: not executed in order: {counts}"
+    assert any(c["outputs"] for c in code), f"{path.name} is committed without outputs (run make notebooks)"
+    errors = [o for c in code for o in c["outputs"] if o.get("output_type") == "error"]
+    assert not errors, f"{path.name} stores an error output"
+    # No volatile metadata.
+    assert nb["metadata"]["kernelspec"]["name"] == "python3"
+    for cell in cells:
+        assert "execution" not in cell.get("metadata", {}), f"{path.name}: timing metadata left in"
+    # Structure the style guide asks for.
+    first_md = "".join(next(c for c in cells if c["cell_type"] == "markdown")["source"])
+    assert first_md.lstrip().startswith("# "), f"{path.name}: the first markdown cell must hold the title"
+    assert "What you will learn" in first_md or "What you will learn" in "".join(
+        "".join(c["source"]) for c in cells[:3] if c["cell_type"] == "markdown"
+    )
+    assert "set_seed(" in "".join(code[0]["source"]), f"{path.name}: the first code cell must seed everything"
+    markdown = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    assert re.search(r"^#+ .*Exercises", markdown, re.M), f"{path.name}: no Exercises section"
+    assert "{dropdown}" in markdown or ":class: dropdown" in markdown, f"{path.name}: solutions not hidden"
+    # A cell that displays a widget cannot be compared by nbval outside a browser: it is tagged.
+    widget_mime = "application/vnd.jupyter.widget-view+json"
+    for cell in code:
+        if any(widget_mime in o.get("data", {}) for o in cell["outputs"]):
+            assert "nbval-ignore-output" in cell["metadata"].get("tags", []), (
+                f"{path.name}: widget cell without the nbval-ignore-output tag:\n{''.join(cell['source'])[:200]}"
+            )
+    has_widget = any(widget_mime in o.get("data", {}) for c in code for o in c["outputs"])
+    has_figure = any("image/png" in o.get("data", {}) for c in code for o in c["outputs"])
+    assert has_figure, f"{path.name} has no figure"
+    if has_widget:
+        assert "application/vnd.jupyter.widget-state+json" in nb["metadata"].get("widgets", {}), (
+            f"{path.name}: widget state not stored; the rendered book would show an empty box"
+        )
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=[p.stem for p in CHAPTERS])
+def test_notebook_citations_exist_in_bibliography(path: Path) -> None:
+    bib = (ROOT / "book" / "references.bib").read_text()
+    keys = set(re.findall(r"@\w+\{([^,]+),", bib))
+    text = path.read_text()
+    cited = set()
+    for group in re.findall(r"\{cite(?::[tp])?\}`([^`]+)`", text):
+        cited |= {k.strip() for k in group.split(",")}
+    assert cited <= keys, f"{path.name} cites unknown keys: {sorted(cited - keys)}"
+
+
+def test_no_data_or_third_party_javascript_is_tracked() -> None:
+    import subprocess
+
+    tracked = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout.split()
+    if not tracked:
+        pytest.skip("not a git checkout")
+    data = [f for f in tracked if re.search(r"(train|val|test_20\d\d_\w+)\.(de|en|fr)(\.gz)?$", f)]
+    js = [f for f in tracked if f.endswith(".js")]
+    assert not data, f"Multi30K files are tracked: {data}"
+    assert not js, f"third-party JavaScript is tracked: {js}"
