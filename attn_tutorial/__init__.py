@@ -14,6 +14,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 from . import runtime
 from .runtime import *  # noqa: F403
+from . import data
+from .data import *  # noqa: F403
+from . import train
+from .train import *  # noqa: F403
 from . import kernel_regression
 from .kernel_regression import *  # noqa: F403
 from . import plotting
@@ -34,4 +38,4 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = [*runtime.__all__, *kernel_regression.__all__, *plotting.__all__, *widgets.__all__, *attention.__all__, *multihead.__all__, *positional.__all__, *numpy_ref.__all__]
+__all__ = [*runtime.__all__, *data.__all__, *train.__all__, *kernel_regression.__all__, *plotting.__all__, *widgets.__all__, *attention.__all__, *multihead.__all__, *positional.__all__, *numpy_ref.__all__]

@@ -1,6 +1,6 @@
 """Attention, one idea at a time: scores, a masked softmax, and the weighted average.
 
-Every attention mechanism in the book is the same three steps {cite}`bahdanau2015,luong2015,vaswani2017`:
+Every attention mechanism in the book is the same three steps :cite:p:`bahdanau2015,luong2015,vaswani2017`:
 
 1. a **score** :math:`e_{ts} = \\mathrm{score}(q_t, k_s)` says how well query :math:`t` matches key :math:`s`;
 2. a **softmax** over the keys turns scores into weights :math:`\\alpha_{ts} \\ge 0`,
@@ -10,7 +10,7 @@ Every attention mechanism in the book is the same three steps {cite}`bahdanau201
 Conventions (the whole package follows them):
 
 * batch first; extra leading dimensions (heads, ...) are allowed wherever shapes say ``...``;
-* boolean masks, ``True`` = *may attend* (the convention of :func:`torch.nn.functional.scaled_dot_product_attention`;
+* boolean masks, ``True`` = *may attend* (the convention of ``torch.nn.functional.scaled_dot_product_attention``;
   ``nn.MultiheadAttention``'s ``key_padding_mask`` uses the opposite one, ``True`` = ignore);
 * a query whose keys are all masked gets all-zero weights and an all-zero output, never NaN;
 * attention functions and modules return ``(output, weights)``.
@@ -114,7 +114,7 @@ def masked_softmax(scores: Tensor, mask: Tensor | None = None, dim: int = -1) ->
 
     float16 and bfloat16 scores are computed in float32 and the result is cast back to the input
     dtype (the exponentials and the sum are where half precision loses accuracy); float32 and
-    float64 are computed in their own precision. Gradients flow as for :func:`torch.softmax`.
+    float64 are computed in their own precision. Gradients flow as for ``torch.softmax``.
 
     Args:
         scores: attention logits, any shape.
@@ -124,7 +124,7 @@ def masked_softmax(scores: Tensor, mask: Tensor | None = None, dim: int = -1) ->
     Shape:
         ``scores``: ``(..., Lk)`` (with ``dim=-1``); ``mask``: broadcastable to it; output: like ``scores``.
 
-    Reference: the softmax of attention weights, {cite}`bahdanau2015` eq. 6.
+    Reference: the softmax of attention weights, :cite:p:`bahdanau2015` eq. 6.
     """
     _check_tensor("scores", scores, floating=True)
     out_dtype = scores.dtype
@@ -134,6 +134,12 @@ def masked_softmax(scores: Tensor, mask: Tensor | None = None, dim: int = -1) ->
         x = x.masked_fill(~mask, float("-inf"))
     # The row max is a constant shift; softmax is invariant to it, so no gradient has to flow through it.
     row_max = x.detach().amax(dim=dim, keepdim=True)
+    if bool(torch.isfinite(row_max).all()):
+        # The common case: every row has a finite max. torch.softmax performs exactly the steps below
+        # (subtract the row max, exponentiate, normalise) in one fused kernel; masked entries are -inf
+        # and get exp(-inf) = 0 exactly.
+        return torch.softmax(x, dim=dim).to(out_dtype)
+    # Written out, for rows that are fully masked (max -inf), hold +inf, or NaN (which propagates).
     has_pos_inf = row_max == float("inf")
     # Rows with all entries masked / -inf have max -inf: shift by 0 instead (every exp is then 0).
     shift = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
@@ -159,7 +165,7 @@ def causal_mask(Lq: int, Lk: int | None = None, device: torch.device | str | Non
     Shape:
         output: ``(Lq, Lk)`` with ``Lk = Lq`` by default.
 
-    Reference: the decoder self-attention mask of {cite}`vaswani2017`, section 3.2.3.
+    Reference: the decoder self-attention mask of :cite:p:`vaswani2017`, section 3.2.3.
     """
     Lk = Lq if Lk is None else Lk
     for name, n in (("Lq", Lq), ("Lk", Lk)):
@@ -215,7 +221,7 @@ def sliding_window_mask(L: int, window: int, causal: bool = False, device: torch
     (and ``j <= i`` when ``causal``).
 
     Each query sees at most ``2 * window + 1`` keys (``window + 1`` if causal), the local attention
-    pattern of sparse and long-document Transformers {cite}`child2019sparse,beltagy2020longformer`.
+    pattern of sparse and long-document Transformers :cite:p:`child2019sparse,beltagy2020longformer`.
 
     Shape:
         output: ``(L, L)``.
@@ -289,7 +295,7 @@ def scaled_dot_product_attention(
     Args:
         query, key, value: same dtype; leading (batch, head) dimensions broadcast like ``torch.matmul``.
         mask: boolean, broadcastable to ``(..., Lq, Lk)``; ``True`` = may attend (as in
-            :func:`torch.nn.functional.scaled_dot_product_attention`).
+            ``torch.nn.functional.scaled_dot_product_attention``).
         scale: multiplies the scores; default ``1 / sqrt(Dk)``.
         dropout_p: dropout on the weights, applied whenever ``dropout_p > 0`` (pass 0 in evaluation).
         is_causal: also apply :func:`causal_mask` (top-left aligned); combined with ``mask`` by AND.
@@ -307,7 +313,7 @@ def scaled_dot_product_attention(
     source is almost always a bug upstream. Half-precision softmax runs in float32 (see
     :func:`masked_softmax`).
 
-    Reference: {cite}`vaswani2017`, eq. 1.
+    Reference: :cite:p:`vaswani2017`, eq. 1.
     """
     _check_qkv(query, key, value)
     _check_dropout(dropout_p)
@@ -319,7 +325,7 @@ def scaled_dot_product_attention(
         mask = causal if mask is None else mask & causal
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
-    scores = (query @ key.transpose(-2, -1)) * scale  # (..., Lq, Lk)
+    scores = (query * scale) @ key.transpose(-2, -1)  # (..., Lq, Lk); scaling q is cheaper than scaling scores
     weights = masked_softmax(scores, mask, dim=-1)  # (..., Lq, Lk)
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p, training=True)
@@ -337,7 +343,7 @@ def fused_attention(
     is_causal: bool = False,
 ) -> tuple[Tensor, None]:
     """The fast path: the same computation as :func:`scaled_dot_product_attention` through PyTorch's fused
-    :func:`torch.nn.functional.scaled_dot_product_attention` (flash / memory-efficient kernels).
+    ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels).
 
     Fused kernels never build the ``(Lq, Lk)`` weight matrix, which is why they are fast and why they
     cannot return it: ``weights`` is always ``None``. Differences from calling PyTorch directly: the
@@ -347,7 +353,7 @@ def fused_attention(
 
     Args and Shape: as :func:`scaled_dot_product_attention`; ``mask`` is boolean, ``True`` = may attend.
 
-    Reference: {cite}`dao2022flashattention`.
+    Reference: :cite:p:`dao2022flashattention`.
     """
     _check_qkv(query, key, value)
     _check_dropout(dropout_p)
@@ -362,7 +368,11 @@ def fused_attention(
     if mask is not None:
         # A query with no visible key: force an exact zero output (no NaN), as the transparent path does.
         row_visible = mask.any(dim=-1, keepdim=True)  # (..., Lq or 1, 1), as cheap as the mask itself
-        out = out.masked_fill(~row_visible, 0.0)
+        # On CPU, look first (free) and pay for a pass over the output only when such a row exists; on an
+        # accelerator, always do the pass rather than wait for the device to answer the question.
+        if out.device.type != "cpu" or not bool(row_visible.all()):
+            # expand: masked_fill with a stride-0 boolean mask is many times slower on CPU
+            out = out.masked_fill(~row_visible.expand(out.shape), 0.0)
     return out, None
 
 
@@ -381,7 +391,7 @@ def _check_score_inputs(query: Tensor, key: Tensor, query_dim: int | None = None
 
 
 class DotProductScore(nn.Module):
-    """Dot-product score :math:`e_{ts} = q_t^\\top k_s` ({cite}`luong2015`, "dot").
+    """Dot-product score :math:`e_{ts} = q_t^\\top k_s` (:cite:p:`luong2015`, "dot").
 
     Shape:
         ``query`` ``(..., Lq, D)``, ``key`` ``(..., Lk, D)`` -> scores ``(..., Lq, Lk)``.
@@ -398,7 +408,7 @@ class DotProductScore(nn.Module):
 
 
 class ScaledDotProductScore(DotProductScore):
-    """Scaled dot-product score :math:`e_{ts} = q_t^\\top k_s / \\sqrt{d}` ({cite}`vaswani2017`).
+    """Scaled dot-product score :math:`e_{ts} = q_t^\\top k_s / \\sqrt{d}` (:cite:p:`vaswani2017`).
 
     Dividing by :math:`\\sqrt{d}` keeps the scores' variance near 1 for unit-variance inputs, so the
     softmax does not saturate as the dimension grows.
@@ -420,7 +430,7 @@ class AdditiveScore(nn.Module):
         ``query`` ``(..., Lq, query_dim)``, ``key`` ``(..., Lk, key_dim)`` -> scores ``(..., Lq, Lk)``.
         The intermediate ``(..., Lq, Lk, hidden_dim)`` tensor is what makes it costlier than a dot product.
 
-    Reference: {cite}`bahdanau2015`, appendix A.1.2.
+    Reference: :cite:p:`bahdanau2015`, appendix A.1.2.
     """
 
     def __init__(self, query_dim: int, key_dim: int, hidden_dim: int, bias: bool = False) -> None:
@@ -443,7 +453,7 @@ class GeneralScore(nn.Module):
     Shape:
         ``query`` ``(..., Lq, query_dim)``, ``key`` ``(..., Lk, key_dim)`` -> scores ``(..., Lq, Lk)``.
 
-    Reference: {cite}`luong2015`, eq. 8.
+    Reference: :cite:p:`luong2015`, eq. 8.
     """
 
     def __init__(self, query_dim: int, key_dim: int) -> None:
@@ -461,7 +471,7 @@ class CosineScore(nn.Module):
     """Cosine score :math:`e_{ts} = \\cos(q_t, k_s) / \\tau`, bounded in :math:`[-1/\\tau, 1/\\tau]`.
 
     With ``learnable=True`` the inverse temperature :math:`1/\\tau` is a parameter (stored as its log,
-    initialised from ``temperature``), as in content-based addressing {cite}`graves2014ntm`.
+    initialised from ``temperature``), as in content-based addressing :cite:p:`graves2014ntm`.
 
     Shape:
         ``query`` ``(..., Lq, D)``, ``key`` ``(..., Lk, D)`` -> scores ``(..., Lq, Lk)``.
@@ -498,7 +508,7 @@ class LocationScore(nn.Module):
     Shape:
         ``query`` ``(..., Lq, query_dim)``, ``key`` ``(..., Lk, any)`` with ``Lk <= num_keys`` -> scores ``(..., Lq, Lk)``.
 
-    Reference: {cite}`luong2015`, eq. 8 ("location").
+    Reference: :cite:p:`luong2015`, eq. 8 ("location").
     """
 
     def __init__(self, query_dim: int, num_keys: int) -> None:
@@ -529,7 +539,7 @@ class Attention(nn.Module):
         ``query`` ``(..., Lq, Dq)``, ``key`` ``(..., Lk, Dk)``, ``value`` ``(..., Lk, Dv)``
         -> ``output`` ``(..., Lq, Dv)``, ``weights`` ``(..., Lq, Lk)``.
 
-    Reference: {cite}`bahdanau2015,luong2015`.
+    Reference: :cite:p:`bahdanau2015,luong2015`.
     """
 
     def __init__(self, score: nn.Module, dropout: float = 0.0) -> None:
@@ -565,7 +575,7 @@ def gaussian_window(positions: Tensor, center: Tensor, sigma: float | Tensor) ->
     Shape:
         ``positions`` e.g. ``(Lk,)``, ``center`` e.g. ``(..., Lq, 1)`` -> broadcast shape, e.g. ``(..., Lq, Lk)``.
 
-    Reference: {cite}`luong2015`, eq. 10.
+    Reference: :cite:p:`luong2015`, eq. 10.
     """
     positions = torch.as_tensor(positions)
     center = torch.as_tensor(center)
@@ -582,7 +592,7 @@ def local_m_mask(Lk: int, centers: Tensor, window: int) -> Tensor:
     Shape:
         ``centers`` ``(..., Lq)`` (int or float) -> mask ``(..., Lq, Lk)``.
 
-    Reference: {cite}`luong2015`, section 3.2 ("local-m").
+    Reference: :cite:p:`luong2015`, section 3.2 ("local-m").
     """
     if not isinstance(window, int) or isinstance(window, bool) or window < 0:
         raise ValueError(f"window must be a non-negative int, got {window!r}")
@@ -602,7 +612,7 @@ def local_p_weights(scores: Tensor, centers: Tensor, window: int, mask: Tensor |
     Shape:
         ``scores`` ``(..., Lq, Lk)``, ``centers`` ``(..., Lq)`` (float) -> weights ``(..., Lq, Lk)``.
 
-    Reference: {cite}`luong2015`, eq. 9-10.
+    Reference: :cite:p:`luong2015`, eq. 9-10.
     """
     if not isinstance(window, int) or isinstance(window, bool) or window < 1:
         raise ValueError(f"window must be a positive int (D in the paper), got {window!r}")
@@ -636,7 +646,7 @@ class LocalPAttention(nn.Module):
         ``query`` ``(B, Lq, query_dim)``, ``key`` ``(B, Lk, key_dim)``, ``value`` ``(B, Lk, Dv)``,
         ``key_lengths`` ``(B,)`` -> ``context`` ``(B, Lq, Dv)``, ``weights`` ``(B, Lq, Lk)``.
 
-    Reference: {cite}`luong2015`, section 3.2, eq. 9-10.
+    Reference: :cite:p:`luong2015`, section 3.2, eq. 9-10.
     """
 
     def __init__(self, query_dim: int, key_dim: int, window: int, score: str = "general") -> None:

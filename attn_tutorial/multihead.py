@@ -5,7 +5,7 @@
     \\mathrm{MultiHead}(Q, K, V) = \\mathrm{Concat}(\\mathrm{head}_1, \\dots, \\mathrm{head}_h) W^O,
     \\qquad \\mathrm{head}_i = \\mathrm{Attention}(Q W_i^Q, K W_i^K, V W_i^V)
 
-{cite}`vaswani2017`, section 3.2.2. Batch first; heads are their own dimension ``(B, H, L, Dh)``.
+:cite:p:`vaswani2017`, section 3.2.2. Batch first; heads are their own dimension ``(B, H, L, Dh)``.
 Masks are boolean, ``True`` = may attend.
 """
 
@@ -56,7 +56,7 @@ class MultiHeadAttention(nn.Module):
         ``query`` ``(B, Lq, E)``, ``key`` ``(B, Lk, kdim)``, ``value`` ``(B, Lk, vdim)``
         -> ``output`` ``(B, Lq, E)``, ``weights`` ``(B, Lq, Lk)`` / ``(B, H, Lq, Lk)`` / ``None``.
 
-    Reference: {cite}`vaswani2017`, section 3.2.2.
+    Reference: :cite:p:`vaswani2017`, section 3.2.2.
     """
 
     def __init__(

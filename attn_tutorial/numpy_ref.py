@@ -42,7 +42,7 @@ def scaled_dot_product_attention(
     """:math:`\\mathrm{softmax}(q k^\\top \\cdot \\mathrm{scale})\\, v` with ``scale = 1/sqrt(Dk)`` by default.
 
     Shape: ``q`` ``(..., Lq, Dk)``, ``k`` ``(..., Lk, Dk)``, ``v`` ``(..., Lk, Dv)``, ``mask`` broadcastable
-    to ``(..., Lq, Lk)`` -> ``(out (..., Lq, Dv), weights (..., Lq, Lk))``. Reference: {cite}`vaswani2017`, eq. 1.
+    to ``(..., Lq, Lk)`` -> ``(out (..., Lq, Dv), weights (..., Lq, Lk))``. Reference: :cite:p:`vaswani2017`, eq. 1.
     """
     q, k, v = (np.asarray(t, dtype=np.float64) for t in (q, k, v))
     if scale is None:
@@ -72,7 +72,7 @@ def multi_head_attention(
     Shape: ``q`` ``(B, Lq, E)``, ``k`` ``(B, Lk, kdim)``, ``v`` ``(B, Lk, vdim)``; ``w_q`` ``(E, E)``,
     ``w_k`` ``(E, kdim)``, ``w_v`` ``(E, vdim)``, ``w_o`` ``(E, E)``; ``mask`` broadcastable to
     ``(B, H, Lq, Lk)`` -> ``(out (B, Lq, E), weights per head (B, H, Lq, Lk))``.
-    Reference: {cite}`vaswani2017`, section 3.2.2.
+    Reference: :cite:p:`vaswani2017`, section 3.2.2.
     """
 
     def linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:

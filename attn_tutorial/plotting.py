@@ -105,10 +105,10 @@ def plot_attention_heatmap(
     if ylabels is not None:
         ax.set_yticks(range(n_q), labels=list(ylabels))
     if annotate:
-        high = np.nanmax(w) if w.size else 0.0
+        shade = image.norm(w)  # position of each weight on the colour scale, 0..1
         for j in range(n_q):
             for i in range(n_k):
-                colour = "white" if high > 0 and w[j, i] > 0.6 * high else "black"
+                colour = "white" if shade[j, i] > 0.6 else "black"
                 ax.text(i, j, format(w[j, i], fmt), ha="center", va="center", color=colour, fontsize=8)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

@@ -1,9 +1,9 @@
 """Positions: attention alone is blind to order, these functions give it a sense of position.
 
-* absolute: sinusoidal encodings {cite}`vaswani2017` and learned embeddings;
+* absolute: sinusoidal encodings :cite:p:`vaswani2017` and learned embeddings;
 * relative through rotation: a sinusoidal code at ``pos + k`` is a fixed rotation of the code at ``pos``
-  (:func:`relative_shift_matrix`), which rotary embeddings (RoPE) {cite}`su2021roformer` build on;
-* relative through a bias: ALiBi {cite}`press2022alibi` subtracts a per-head slope times the distance.
+  (:func:`relative_shift_matrix`), which rotary embeddings (RoPE) :cite:p:`su2021roformer` build on;
+* relative through a bias: ALiBi :cite:p:`press2022alibi` subtracts a per-head slope times the distance.
 
 Shapes are batch first: ``(B, L, D)`` for token features, ``(B, H, L, Dh)`` for heads.
 """
@@ -60,7 +60,7 @@ def sinusoidal_encoding(
     Shape:
         output: ``(max_len, d_model)``.
 
-    Reference: {cite}`vaswani2017`, section 3.5.
+    Reference: :cite:p:`vaswani2017`, section 3.5.
     """
     _check_positive_int("max_len", max_len, allow_zero=True)
     _check_positive_int("d_model", d_model)
@@ -84,7 +84,7 @@ class SinusoidalPositionalEncoding(nn.Module):
     Shape:
         ``x`` ``(B, L, d_model)`` -> ``(B, L, d_model)``, with ``offset + L <= max_len``.
 
-    Reference: {cite}`vaswani2017`, section 3.5.
+    Reference: :cite:p:`vaswani2017`, section 3.5.
     """
 
     pe: Tensor
@@ -117,7 +117,7 @@ class LearnedPositionalEmbedding(nn.Module):
     Shape:
         ``x`` ``(B, L, d_model)`` -> ``(B, L, d_model)``, with ``offset + L <= max_len``.
 
-    Reference: {cite}`gehring2017convs2s` (learned position embeddings in a sequence-to-sequence model).
+    Reference: :cite:p:`gehring2017convs2s` (learned position embeddings in a sequence-to-sequence model).
     """
 
     def __init__(self, max_len: int, d_model: int) -> None:
@@ -156,7 +156,7 @@ def relative_shift_matrix(k: int | float, d_model: int, base: float = 10000.0, *
     Shape:
         output: ``(d_model, d_model)``.
 
-    Reference: {cite}`vaswani2017`, section 3.5 ("PE_{pos+k} can be represented as a linear function of PE_{pos}").
+    Reference: :cite:p:`vaswani2017`, section 3.5 ("PE_{pos+k} can be represented as a linear function of PE_{pos}").
     """
     _check_positive_int("d_model", d_model)
     if d_model % 2:
@@ -202,7 +202,7 @@ def apply_rope(x: Tensor, positions: Tensor | None = None, base: float = 10000.0
     Shape:
         ``x`` ``(..., L, D)`` -> ``(..., L, D)``.
 
-    Reference: {cite}`su2021roformer`, eq. 13-15.
+    Reference: :cite:p:`su2021roformer`, eq. 13-15.
     """
     _check_tensor("x", x, min_dim=2, floating=True)
     L, D = x.shape[-2], x.shape[-1]
@@ -232,7 +232,7 @@ def alibi_slopes(num_heads: int) -> Tensor:
     Shape:
         output: ``(num_heads,)``, float32.
 
-    Reference: {cite}`press2022alibi`, section 3.
+    Reference: :cite:p:`press2022alibi`, section 3.
     """
     _check_positive_int("num_heads", num_heads)
 
@@ -266,7 +266,7 @@ def alibi_bias(
     Shape:
         output: ``(num_heads, Lq, Lk)``, float32; add it to scores ``(B, num_heads, Lq, Lk)``.
 
-    Reference: {cite}`press2022alibi`, section 3 and figure 3.
+    Reference: :cite:p:`press2022alibi`, section 3 and figure 3.
     """
     Lk = Lq if Lk is None else Lk
     _check_positive_int("Lq", Lq, allow_zero=True)
