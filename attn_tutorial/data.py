@@ -713,7 +713,8 @@ class SubwordTokenizer:
     already NFKC-normal (otherwise it returns the NFKC form: a no-break space becomes a plain one,
     ``"ﬁ"`` becomes ``"fi"``), (b) does not start with whitespace, and (c) has only characters seen
     in training (others become ``"<unk>"``). On Multi30K's test sets all three hold for every
-    sentence.
+    German and English sentence; NFKC changes 44 training and 1 validation sentence of the German
+    side, all through a no-break space (U+00A0) that becomes a plain space.
 
     ``encode`` adds no BOS/EOS (batching does); ``decode`` stops at the first EOS and skips PAD
     and BOS. Create one with :func:`train_bpe` or :meth:`load`.
@@ -834,7 +835,8 @@ def train_bpe(
 # --------------------------------------------------------------------------------------------------
 
 #: Default cap on a sequence's length in tokens, BOS/EOS included (longer ones are truncated). The
-#: longest Multi30K sentence is about 80 BPE-8k tokens, so nothing in it is cut.
+#: longest German or English Multi30K sentence has 55 tokens of a joint BPE-8k (train.de), so
+#: nothing in it is cut; the cap only guards against stray very long inputs.
 DEFAULT_MAX_LEN = 128
 
 
@@ -865,12 +867,14 @@ class Batch:
     index: Tensor = field(default_factory=lambda: torch.empty(0, dtype=torch.long))
 
     def __post_init__(self) -> None:
-        b = self.src.shape[0] if self.src.dim() == 2 else None
-        if b is None:
+        if self.src.dim() != 2:
             raise ValueError(f"src must be (B, S), got shape {tuple(self.src.shape)}")
+        b = int(self.src.shape[0])
         if self.src_mask.shape != self.src.shape or self.src_mask.dtype != torch.bool:
-            raise ValueError(f"src_mask must be bool of src's shape {tuple(self.src.shape)}, got "
-                             f"{self.src_mask.dtype} {tuple(self.src_mask.shape)}")  # fmt: skip
+            raise ValueError(
+                f"src_mask must be torch.bool of src's shape {tuple(self.src.shape)} (True = real token), "
+                f"got {self.src_mask.dtype} {tuple(self.src_mask.shape)}"
+            )
         if self.tgt_in.dim() != 2 or self.tgt_in.shape[0] != b:
             raise ValueError(f"tgt_in must be (B={b}, T), got shape {tuple(self.tgt_in.shape)}")
         for name in ("tgt_out", "tgt_mask"):
@@ -900,9 +904,8 @@ class Batch:
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
         """A copy of the batch on ``device``."""
-        return Batch(
-            *(getattr(self, n).to(device, non_blocking=non_blocking) for n in ("src", "src_mask", "tgt_in", "tgt_out", "tgt_mask", "index"))
-        )  # fmt: skip
+        names = ("src", "src_mask", "tgt_in", "tgt_out", "tgt_mask", "index")
+        return Batch(*(getattr(self, n).to(device, non_blocking=non_blocking) for n in names))
 
 
 def _round_up(n: int, multiple: int) -> int:

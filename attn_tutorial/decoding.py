@@ -33,10 +33,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-try:  # the special ids live in data.py; keep working while it is absent
-    from .data import BOS_ID, EOS_ID
-except ImportError:  # pragma: no cover - only before data.py exists
-    BOS_ID, EOS_ID = 1, 2
+from .data import BOS_ID, EOS_ID
 
 __all__ = [
     "DecoderState",

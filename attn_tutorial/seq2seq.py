@@ -34,10 +34,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .attention import AdditiveScore, Attention, DotProductScore, GeneralScore, LocalPAttention, padding_mask
 
-try:  # the special ids live in data.py; keep working while it is absent
-    from .data import PAD_ID
-except ImportError:  # pragma: no cover - only before data.py exists
-    PAD_ID = 0
+from .data import PAD_ID
 
 __all__ = ["Seq2SeqConfig", "Seq2SeqState", "Seq2Seq", "Encoder", "BahdanauDecoder", "LuongDecoder", "PlainDecoder"]
 

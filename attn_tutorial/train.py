@@ -989,11 +989,14 @@ def _make_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.AdamW:
 # --------------------------------------------------------------------------------------------
 
 
-def _total_steps(train_batches: Iterable[Any], config: TrainConfig) -> int | None:
+def _num_batches(batches: Iterable[Any]) -> int | None:
     try:
-        per_epoch = len(train_batches)  # type: ignore[arg-type]
+        return len(batches)  # type: ignore[arg-type]
     except TypeError:
-        per_epoch = None
+        return None
+
+
+def _total_steps(per_epoch: int | None, config: TrainConfig) -> int | None:
     by_epochs = None if per_epoch is None else per_epoch * config.epochs
     if config.max_steps is None:
         return by_epochs
@@ -1065,7 +1068,8 @@ def fit(
     scaler = torch.amp.GradScaler(device.type) if use_scaler else None
     train_loss_fn = loss_fn or functools.partial(token_cross_entropy, smoothing=config.label_smoothing)
     val_loss_fn = loss_fn or functools.partial(token_cross_entropy, smoothing=0.0)
-    total_steps = _total_steps(train_batches, config)
+    per_epoch = _num_batches(train_batches)
+    total_steps = _total_steps(per_epoch, config)
     if config.schedule in ("cosine", "linear") and total_steps is None:
         raise ValueError(
             f"schedule={config.schedule!r} needs the number of steps: set config.max_steps, or pass "
@@ -1094,7 +1098,9 @@ def fit(
         if scaler is not None and scalars.get("grad_scaler"):
             scaler.load_state_dict(scalars["grad_scaler"])
         if ckpt.metadata.get("history"):
-            history = History.from_dict(ckpt.metadata["history"])
+            history = dataclasses.replace(
+                History.from_dict(ckpt.metadata["history"]), device=history.device, amp_dtype=history.amp_dtype
+            )
         step = scalars["scheduler_step"]
         start_epoch, skip = scalars["position"]["epoch"], scalars["position"]["step_in_epoch"]
         bad_evals = scalars["early_stopping"]["bad_evals"]
@@ -1231,23 +1237,27 @@ def fit(
                     stop = run_eval(epoch) or stop
                 if config.max_steps is not None and step >= config.max_steps:
                     stop = True
-                every = config.checkpoint_every_steps
-                if stop or (every is not None and step % every == 0):
+                if stop and step_in_epoch != per_epoch:  # stopping in the middle of an epoch
                     checkpoint(epoch, step_in_epoch, epoch_rng)
-                if stop:
+                    break
+                every = config.checkpoint_every_steps
+                if not stop and every is not None and step % every == 0:
+                    checkpoint(epoch, step_in_epoch, epoch_rng)
+                if stop:  # on the epoch's last batch: finish the epoch below first
                     break
                 t_last = time.perf_counter()
-            else:  # the epoch ran to its end
-                if step_in_epoch == 0:
-                    raise ValueError(
-                        f"train_batches yielded no batches in epoch {epoch}; pass a re-iterable (a list, or an "
-                        "object whose __iter__ starts over), not a one-shot generator"
-                    )
-                if val_batches is not None and config.eval_every == "epoch":
-                    stop = run_eval(epoch)
-                last_epoch = epoch == config.epochs - 1
-                if stop or last_epoch or config.checkpoint_every_steps is None:
-                    checkpoint(epoch + 1, 0, _capture_rng("rng.epoch_start"))
+            if stop and step_in_epoch != per_epoch:
+                break
+            # The epoch ran to its end (or stops on its last batch).
+            if step_in_epoch == 0:
+                raise ValueError(
+                    f"train_batches yielded no batches in epoch {epoch}; pass a re-iterable (a list, or an "
+                    "object whose __iter__ starts over), not a one-shot generator"
+                )
+            if val_batches is not None and config.eval_every == "epoch":
+                stop = run_eval(epoch) or stop
+            if stop or epoch == config.epochs - 1 or config.checkpoint_every_steps is None:
+                checkpoint(epoch + 1, 0, _capture_rng("rng.epoch_start"))
     finally:
         bar.close()
         history.wall_time = wall_before + (time.perf_counter() - t_start)

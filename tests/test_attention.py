@@ -257,6 +257,26 @@ def test_sdpa_fully_masked_row_gives_zero_weights_and_output():
     assert torch.equal(fast[1, 2], torch.zeros(6, dtype=out.dtype))
 
 
+def test_fused_attention_repairs_a_backend_that_returns_nan(monkeypatch):
+    """Some fused kernels (older PyTorch, some GPU backends) return NaN for fully masked rows."""
+    original = F.scaled_dot_product_attention
+
+    def nan_on_empty_rows(q, k, v, attn_mask=None, **kwargs):
+        out = original(q, k, v, attn_mask=attn_mask, **kwargs)
+        if attn_mask is not None:
+            out = out.masked_fill(~attn_mask.any(-1, keepdim=True), float("nan"))
+        return out
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", nan_on_empty_rows)
+    q, k, v = randn(2, 3, 4), randn(2, 5, 4, seed=1), randn(2, 5, 6, seed=2)
+    mask = random_mask(2, 3, 5, seed=3)
+    mask[0, 1] = False
+    assert torch.isnan(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)).any()  # the fake works
+    out, _ = fused_attention(q, k, v, mask)
+    assert not torch.isnan(out).any()
+    torch.testing.assert_close(out, scaled_dot_product_attention(q, k, v, mask)[0], **TOL[torch.float64])
+
+
 @pytest.mark.parametrize("dtype,atol", [(torch.float16, 1e-2), (torch.bfloat16, 6e-2)])
 def test_sdpa_half_precision(dtype, atol):
     q, k, v = randn(2, 4, 8, seed=1), randn(2, 6, 8, seed=2), randn(2, 6, 3, seed=3)

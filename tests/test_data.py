@@ -395,10 +395,22 @@ def _copy_split(src_root: Path, dst: Path, split: str = "val", langs: tuple[str,
         (dst / f"{split}.{lang}.gz").write_bytes((src_root / f"{split}.{lang}.gz").read_bytes())
 
 
-def test_corrupted_local_file_is_rejected_even_after_a_good_read(multi30k_root: Path, tmp_path: Path) -> None:
+def test_corrupted_local_file_is_rejected_even_after_a_good_read(
+    multi30k_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _copy_split(multi30k_root, tmp_path)
     good = D.load_multi30k("val", root=tmp_path)
     assert good == D.load_multi30k("val")
+    hashed: list[int] = []
+    real_sha256 = D._sha256
+
+    def counting_sha256(data: bytes) -> str:
+        hashed.append(len(data))
+        return real_sha256(data)
+
+    monkeypatch.setattr(D, "_sha256", counting_sha256)
+    assert D.load_multi30k("val", root=tmp_path) == good
+    assert hashed == []  # verified before, unchanged since: not hashed again
     path = tmp_path / "val.en.gz"
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01  # one flipped bit
@@ -407,6 +419,7 @@ def test_corrupted_local_file_is_rejected_even_after_a_good_read(multi30k_root: 
     os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000_000))  # a new mtime, same size
     with pytest.raises(D.ChecksumError, match=r"val\.en\.gz is corrupted"):
         D.load_multi30k("val", root=tmp_path)
+    assert len(hashed) == 1
 
 
 def test_missing_and_offline_gives_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -503,8 +516,9 @@ def test_bpe_has_the_book_special_ids_and_size(bpe: D.SubwordTokenizer) -> None:
 
 @pytest.mark.parametrize("split", ["test_2016_flickr", "test_2017_flickr", "val"])
 def test_bpe_detokenisation_restores_every_sentence(bpe: D.SubwordTokenizer, split: str) -> None:
-    """decode(encode(x)) == NFKC(x) for every sentence; NFKC changes none of the test sentences
-    and exactly one validation sentence (a no-break space in val.de, line 1 of those counted)."""
+    """decode(encode(x)) == NFKC(x) for every sentence. NFKC changes none of the test sentences and
+    exactly one validation sentence (a no-break space in val.de); for it the tokenizer returns the
+    normalised text, the documented exception to an exact round trip."""
     changed_by_nfkc = 0
     for lang in ("de", "en"):
         sentences = D.read_multi30k(split, lang)
@@ -539,7 +553,7 @@ def test_bpe_trains_on_a_small_corpus_and_validates() -> None:
     assert tok.vocab_size <= 60 and tok.id_to_token(D.EOS_ID) == "</s>"
     for t in texts[:3]:
         assert tok.decode(tok.encode(t)) == t
-    unseen = tok.encode("the zebra")  # no "z" or "e"+"b"... in training: "z" is unknown
+    unseen = tok.encode("the zebra")  # "z" never occurs in the corpus: it is unknown
     assert D.UNK_ID in unseen and tok.decode(unseen).startswith("the <unk>")
     from tokenizers import Tokenizer, models
 
@@ -610,7 +624,7 @@ def test_collate_and_batch_validate_their_input() -> None:
     bucket=st.sampled_from([1, 16, 4096]),
     shuffle=st.booleans(),
 )
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=80, deadline=None)
 def test_token_budget_batches_cover_everything_within_budget(
     lengths: list[int], max_tokens: int, multiple: int, seed: int, epoch: int, bucket: int, shuffle: bool
 ) -> None:

@@ -24,6 +24,15 @@ from attn_tutorial.kernel_regression import (
     target_function,
 )
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Every tensor here is tiny; a second thread only adds synchronisation (and spins on a busy CPU)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 # Tolerances: float64 computations agree to rounding; float32 to a few ulps of O(1) numbers.
 F64 = dict(rtol=1e-10, atol=1e-12)
 F32 = dict(rtol=1e-5, atol=1e-6)
@@ -76,7 +85,9 @@ def test_float32_close_to_float64_reference():
 @given(
     n=st.integers(1, 12),
     lq=st.integers(1, 6),
-    h=st.floats(0.05, 20.0),
+    # distances are < 4, so u = d/h < 20 and exp(-u^2/2) > 1e-87 never underflows; below about
+    # h = 0.1 the kernel form can underflow to 0/0 (then it reports zero weight, the softmax does not)
+    h=st.floats(0.2, 20.0),
     seed=st.integers(0, 10_000),
 )
 def test_softmax_form_equals_normalized_kernel_form(n, lq, h, seed):
@@ -247,9 +258,9 @@ def loo_loss(x, y, h):
 def test_fit_bandwidth_decreases_loo_loss_and_lands_near_grid_optimum():
     x, y = make_regression_data(50, seed=0, dtype=torch.float64)
     model = NadarayaWatson(2.0).double()
-    history = fit_bandwidth(model, x, y, steps=150, lr=0.1)
+    history = fit_bandwidth(model, x, y, steps=100, lr=0.1)
     h = float(model.bandwidth)
-    assert len(history.loss) == 150 and len(history.bandwidth) == 150
+    assert len(history.loss) == 100 and len(history.bandwidth) == 100
     assert loo_loss(x, y, h) < 0.7 * loo_loss(x, y, 2.0)
     # compare with a brute-force search over a log grid: within one grid step of its optimum
     grid = np.logspace(-2, 1, 121)  # steps of 10**0.025, log step 0.058

@@ -117,3 +117,21 @@ def test_to_numpy_handles_grad_and_half():
     t = torch.ones(2, dtype=torch.bfloat16, requires_grad=True)
     out = to_numpy(t * 2)
     assert isinstance(out, np.ndarray) and out.dtype == np.float32 and out.tolist() == [2.0, 2.0]
+
+
+@pytest.mark.parametrize(
+    "draw",
+    [
+        lambda ax: plot_attention_heatmap(np.eye(2), ax=ax),
+        lambda ax: plot_kernel_regression([0.0, 1.0], [1.0, 2.0], [0.5], [1.5], ax=ax),
+        lambda ax: plot_weights_over_keys([0.0, 1.0], [0.4, 0.6], ax=ax),
+        lambda ax: plot_loss_curve([1.0, 0.5], ax=ax),
+    ],
+    ids=["heatmap", "kernel_regression", "weights_over_keys", "loss_curve"],
+)
+def test_every_plot_creates_a_figure_only_when_ax_is_none(draw):
+    ax = draw(None)
+    assert isinstance(ax, Axes) and len(plt.get_fignums()) == 1
+    assert ax.get_xlabel() and ax.get_ylabel() and ax.get_title()
+    fig, given = plt.subplots()
+    assert draw(given) is given and len(plt.get_fignums()) == 2

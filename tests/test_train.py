@@ -305,7 +305,7 @@ def test_lr_decaying_schedule_needs_total_steps() -> None:
 # ----------------------------------------------------------------------------------------------
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=25, deadline=None)
 @given(
     B=st.integers(1, 3),
     T=st.integers(1, 5),
@@ -411,6 +411,20 @@ def test_fit_learns_and_fills_history() -> None:
     assert History.from_dict(json.loads(json.dumps(history.to_dict()))) == history
 
 
+@pytest.mark.parametrize(("max_steps", "evals", "position"), [(6, [4], (1, 2)), (8, [4, 8], (2, 0))])
+def test_max_steps_stops_mid_epoch_or_after_the_epoch_end_work(
+    tmp_path: Path, max_steps: int, evals: list[int], position: tuple[int, int]
+) -> None:
+    cfg = dataclasses.replace(BASE, epochs=5, max_steps=max_steps, eval_every="epoch", checkpoint_dir=str(tmp_path))
+    history = fit(fresh_model(), make_batches(4, 0), make_batches(1, 1), cfg)
+    assert history.step[-1] == max_steps and history.eval_step == evals
+    ckpt = load_checkpoint(latest_checkpoint(tmp_path))  # type: ignore[arg-type]
+    assert ckpt.training_state is not None and ckpt.step == max_steps
+    pos = ckpt.training_state.scalars["position"]
+    assert (pos["epoch"], pos["step_in_epoch"]) == position
+    assert history.lr[-1] == pytest.approx(BASE.min_lr)  # the cosine reached its floor at max_steps
+
+
 def test_grad_norm_is_recorded_before_clipping() -> None:
     batches = make_batches(1, 3)
     cfg = dataclasses.replace(BASE, epochs=1, grad_clip=1e-3, warmup_steps=0, schedule="constant")
@@ -468,6 +482,23 @@ def test_resume_ends_with_the_same_weights_as_an_uninterrupted_run(tmp_path: Pat
     assert h_resumed.lr == h_straight.lr and h_resumed.grad_norm == h_straight.grad_norm
     assert h_resumed.eval_step == h_straight.eval_step and h_resumed.val_loss == h_straight.val_loss
     assert h_resumed.step == list(range(1, 13))
+
+
+def test_fp16_gradscaler_path_resumes_exactly(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The CUDA fp16 path (autocast + GradScaler), exercised on CPU, where both also exist."""
+    monkeypatch.setattr(train_mod, "amp_settings", lambda device, amp=None: (torch.float16, True))
+    train, val = make_batches(4, 0), make_batches(1, 1)
+    straight = fresh_model(0)
+    h_straight = fit(straight, EpochShuffled(train), val, BASE)
+    assert h_straight.amp_dtype == "float16"
+    cfg = dataclasses.replace(BASE, checkpoint_dir=str(tmp_path))
+    fit(fresh_model(0), EpochShuffled(train), val, cfg, callbacks=[lambda e: e.step == 7])
+    scaler_state = load_checkpoint(latest_checkpoint(tmp_path)).training_state.scalars["grad_scaler"]  # type: ignore[arg-type, union-attr]
+    assert scaler_state["scale"] > 1 and scaler_state["_growth_tracker"] == 7
+    resumed = fresh_model(1)
+    h_resumed = fit(resumed, EpochShuffled(train), val, cfg, resume_from=tmp_path)
+    assert h_resumed.train_loss == h_straight.train_loss
+    assert_same_weights(weights(straight), weights(resumed))
 
 
 def test_resume_refuses_missing_or_weights_only_checkpoints(tmp_path: Path) -> None:

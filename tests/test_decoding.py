@@ -1,0 +1,303 @@
+"""Greedy decoding and beam search: exactness on toy tables, agreement with the model, batching."""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Iterator
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from attn_tutorial import (
+    BOS_ID,
+    EOS_ID,
+    DecodeResult,
+    IncrementalDecoder,
+    MarkovTableModel,
+    Seq2Seq,
+    Seq2SeqConfig,
+    beam_search,
+    decode_length_limits,
+    greedy_decode,
+    length_penalty,
+    padding_mask,
+)
+
+A, B, C = 4, 5, 6  # three "words" after the special ids PAD=0, BOS=1, EOS=2, UNK=3
+V = 7
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------- helpers
+
+
+def brute_force_best(model: MarkovTableModel, limit: int, alpha: float = 0.0, kind: str = "gnmt") -> tuple[list[int], float]:
+    """Score every output the searches may return (documented conventions) and take the best.
+
+    Finished: ``w_1 .. w_n EOS`` with ``n + 1 <= limit`` steps; unfinished: ``limit`` non-EOS tokens.
+    Ranking score: log p / lp(|Y|), ``|Y|`` = steps taken (EOS included). Depth-first over the table,
+    skipping zero-probability continuations.
+    """
+    table = model.table.tolist()
+    best: tuple[list[int], float] = ([], -math.inf)
+
+    def visit(prefix: list[int], logp: float) -> None:
+        nonlocal best
+        candidates = []
+        if len(prefix) == limit:  # the length limit: an unfinished hypothesis
+            candidates.append((logp / float(length_penalty(limit, alpha, kind)), prefix))
+        else:
+            last = prefix[-1] if prefix else BOS_ID
+            if table[last][EOS_ID] > -math.inf:
+                candidates.append(((logp + table[last][EOS_ID]) / float(length_penalty(len(prefix) + 1, alpha, kind)), prefix))
+            for w, lp in enumerate(table[last]):
+                if w != EOS_ID and lp > -math.inf:
+                    visit([*prefix, w], logp + lp)
+        for score, seq in candidates:
+            if score > best[1]:
+                best = (list(seq), score)
+
+    visit([], 0.0)
+    return best
+
+
+def one_source(n: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.full((1, n), 4), torch.ones(1, n, dtype=torch.bool)
+
+
+def garden_path_model() -> MarkovTableModel:
+    """The worked example: the best first word (A, 0.5) leads to a poor continuation.
+
+    Greedy: A then EOS, p = 0.5 * 0.4 = 0.20. Best: B then EOS, p = 0.4 * 0.9 = 0.36.
+    """
+    return MarkovTableModel.from_transitions(
+        {BOS_ID: {A: 0.5, B: 0.4, C: 0.1}, A: {EOS_ID: 0.4, B: 0.3, C: 0.3}, B: {EOS_ID: 0.9, C: 0.1}, C: {EOS_ID: 1.0}}, V
+    )
+
+
+def make_seq2seq(attention: str, seed: int = 0) -> Seq2Seq:
+    """A random float64 model whose EOS logit is lowered, so outputs are a few tokens long."""
+    torch.manual_seed(seed)
+    model = Seq2Seq(Seq2SeqConfig(src_vocab_size=10, tgt_vocab_size=9, emb_dim=6, hidden_dim=8, attention=attention)).double().eval()
+    with torch.no_grad():
+        model.generator.bias[EOS_ID] -= 1.5
+        model.generator.weight.mul_(3.0)  # peakier distributions: greedy and beam disagree more often
+    return model
+
+
+def source_batch(lengths: list[int], seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mask = padding_mask(lengths, max(lengths) if lengths else 0)
+    return torch.randint(4, 10, mask.shape, generator=g) * mask, mask
+
+
+def teacher_forced_log_prob(model: Seq2Seq, src: torch.Tensor, src_mask: torch.Tensor, tokens: list[int], finished: bool) -> float:
+    """log p(tokens [+ EOS] | src) recomputed with one teacher-forced forward pass."""
+    tgt_in = torch.tensor([[BOS_ID, *tokens]])
+    tgt_out = torch.tensor([[*tokens, EOS_ID]])
+    logits = model(src, src_mask, tgt_in, torch.ones_like(tgt_in, dtype=torch.bool))
+    per_step = F.log_softmax(logits, -1).gather(2, tgt_out[..., None]).squeeze(-1)[0]  # (T,)
+    return float(per_step.sum() if finished else per_step[:-1].sum())
+
+
+def assert_same_results(a: DecodeResult, b: DecodeResult, atol: float = 0.0) -> None:
+    assert a.tokens == b.tokens and a.finished == b.finished
+    torch.testing.assert_close(torch.tensor(a.log_probs), torch.tensor(b.log_probs), rtol=0, atol=atol)
+    torch.testing.assert_close(torch.tensor(a.scores), torch.tensor(b.scores), rtol=0, atol=atol)
+    assert (a.attention is None) == (b.attention is None)
+    for x, y in zip(a.attention or [], b.attention or []):
+        torch.testing.assert_close(x, y, rtol=0, atol=max(atol, 1e-15))
+
+
+# ---------------------------------------------------------------------------------- the worked example
+
+
+def test_beam_search_escapes_the_garden_path_that_greedy_takes() -> None:
+    model = garden_path_model()
+    src, src_mask = one_source()
+    best, best_score = brute_force_best(model, limit=5)
+    assert best == [B] and best_score == pytest.approx(math.log(0.4 * 0.9), abs=1e-12)
+    greedy = greedy_decode(model, src, src_mask, max_len=5)
+    assert greedy.tokens == [[A]] and greedy.log_probs[0] == pytest.approx(math.log(0.5 * 0.4), abs=1e-12)
+    beam = beam_search(model, src, src_mask, beam_size=2, max_len=5)
+    assert beam.tokens == [[B]] and beam.finished == [True]
+    assert beam.log_probs[0] == pytest.approx(best_score, abs=1e-12)
+    # One beam is greedy: it can't see that the runner-up first word has the better future.
+    assert beam_search(model, src, src_mask, beam_size=1, max_len=5).tokens == [[A]]
+
+
+def short_or_long_model() -> MarkovTableModel:
+    """[A] is the most probable output (p = 0.385); [B, C] is more probable *per token* (p = 0.271)."""
+    return MarkovTableModel.from_transitions(
+        {BOS_ID: {A: 0.7, B: 0.3}, A: {EOS_ID: 0.55, A: 0.45}, B: {C: 0.95, EOS_ID: 0.05}, C: {EOS_ID: 0.95, C: 0.05}}, V
+    )
+
+
+@pytest.mark.parametrize(("alpha", "kind", "expected"), [(0.0, "gnmt", [A]), (1.0, "power", [B, C]), (3.0, "gnmt", [B, C])])
+def test_length_penalty_changes_the_ranking_as_documented(alpha: float, kind: str, expected: list[int]) -> None:
+    model = short_or_long_model()
+    src, src_mask = one_source()
+    best, best_score = brute_force_best(model, limit=6, alpha=alpha, kind=kind)
+    assert best == expected
+    result = beam_search(model, src, src_mask, beam_size=3, max_len=6, length_penalty_alpha=alpha, length_penalty_kind=kind)
+    assert result.tokens == [expected]
+    assert result.scores[0] == pytest.approx(best_score, abs=1e-12)
+    steps = len(expected) + 1
+    assert result.scores[0] == pytest.approx(result.log_probs[0] / float(length_penalty(steps, alpha, kind)), abs=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    seed=st.integers(0, 10_000),
+    limit=st.integers(1, 4),
+    alpha=st.sampled_from([0.0, 0.6, 1.0]),
+    kind=st.sampled_from(["gnmt", "power"]),
+)
+def test_a_beam_wide_enough_to_keep_everything_is_exact(seed: int, limit: int, alpha: float, kind: str) -> None:
+    """With k >= n**limit nothing is pruned (every EOS candidate ranks in the top k): beam search must return the brute-force optimum."""
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(seed)
+    n = 5  # PAD, BOS, EOS, UNK, A
+    model = MarkovTableModel(torch.log_softmax(3 * torch.randn(n, n, generator=g, dtype=torch.float64), -1))
+    src, src_mask = one_source()
+    best, best_score = brute_force_best(model, limit, alpha, kind)
+    result = beam_search(model, src, src_mask, beam_size=n**limit, max_len=limit, length_penalty_alpha=alpha, length_penalty_kind=kind)
+    assert result.scores[0] == pytest.approx(best_score, abs=1e-10)
+    assert result.tokens == [best]
+    finished = result.finished[0]
+    assert result.log_probs[0] == pytest.approx(model.sequence_log_prob(best, eos_id=EOS_ID if finished else None), abs=1e-10)
+
+
+# ---------------------------------------------------------------------------------- agreement with the model
+
+
+@pytest.mark.parametrize("attention", ["none", "bahdanau", "luong"])
+def test_beam_of_one_is_greedy(attention: str) -> None:
+    model = make_seq2seq(attention)
+    src, src_mask = source_batch([5, 3, 0, 4, 1])
+    greedy = greedy_decode(model, src, src_mask, max_len_a=1.0, max_len_b=3)
+    beam = beam_search(model, src, src_mask, beam_size=1, max_len_a=1.0, max_len_b=3)
+    assert_same_results(beam, greedy)
+    assert any(greedy.finished) and len({len(t) for t in greedy.tokens}) > 2  # the test sees varied outputs
+
+
+@pytest.mark.parametrize(("attention", "beam_size", "alpha"), [("bahdanau", 4, 0.0), ("luong", 3, 1.0), ("none", 2, 0.6)])
+def test_beam_scores_are_the_models_log_probabilities(attention: str, beam_size: int, alpha: float) -> None:
+    """The returned log-probability equals teacher forcing on the returned tokens (float64, 1e-10)."""
+    model = make_seq2seq(attention)
+    src, src_mask = source_batch([5, 3, 4, 2])
+    result = beam_search(model, src, src_mask, beam_size=beam_size, length_penalty_alpha=alpha, max_len_b=4)
+    for i, (tokens, finished) in enumerate(zip(result.tokens, result.finished)):
+        n = int(src_mask[i].sum())
+        recomputed = teacher_forced_log_prob(model, src[i : i + 1, :n], src_mask[i : i + 1, :n], tokens, finished)
+        assert result.log_probs[i] == pytest.approx(recomputed, abs=1e-10)
+        steps = len(tokens) + int(finished)
+        assert result.scores[i] == pytest.approx(result.log_probs[i] / float(length_penalty(steps, alpha)), abs=1e-12)
+        assert result.attention is not None and result.attention[i].shape == (len(tokens), n)
+
+
+def test_greedy_attention_is_what_teacher_forcing_shows() -> None:
+    model = make_seq2seq("bahdanau")
+    src, src_mask = source_batch([4, 2])
+    result = greedy_decode(model, src, src_mask)
+    assert result.attention is not None
+    for i, tokens in enumerate(result.tokens):
+        n = int(src_mask[i].sum())
+        tgt_in = torch.tensor([[BOS_ID, *tokens]])
+        _, attn = model(src[i : i + 1, :n], src_mask[i : i + 1, :n], tgt_in, torch.ones_like(tgt_in, dtype=torch.bool), return_attention=True)
+        torch.testing.assert_close(result.attention[i], attn[0, : len(tokens)], rtol=0, atol=1e-12)
+        torch.testing.assert_close(result.attention[i].sum(-1), torch.ones(len(tokens), dtype=torch.float64), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_batched_equals_one_by_one(search: str) -> None:
+    model = make_seq2seq("luong", seed=1)
+    lengths = [6, 2, 0, 4, 3]
+    src, src_mask = source_batch(lengths, seed=3)
+
+    def run(s: torch.Tensor, m: torch.Tensor) -> DecodeResult:
+        if search == "greedy":
+            return greedy_decode(model, s, m, max_len_b=4)
+        return beam_search(model, s, m, beam_size=3, length_penalty_alpha=0.6, max_len_b=4)
+
+    batched = run(src, src_mask)
+    for i, n in enumerate(lengths):
+        alone = run(src[i : i + 1, :n], src_mask[i : i + 1, :n])
+        single = DecodeResult(
+            [batched.tokens[i]], None if batched.attention is None else [batched.attention[i]],
+            [batched.log_probs[i]], [batched.scores[i]], [batched.finished[i]],
+        )
+        assert_same_results(single, alone, atol=1e-10)
+
+
+# ---------------------------------------------------------------------------------- lengths and edge cases
+
+
+def test_length_limit_is_relative_to_the_source() -> None:
+    mask = padding_mask([0, 1, 4, 7], 7)
+    assert decode_length_limits(mask, 1.5, 2).tolist() == [0, math.floor(1.5 + 2), 8, math.floor(10.5 + 2)]
+    assert decode_length_limits(mask, 1.5, 2, max_len=9).tolist() == [0, 3, 8, 9]
+    never_stops = MarkovTableModel.from_transitions({BOS_ID: {A: 1.0}, A: {A: 0.6, B: 0.4}, B: {A: 1.0}}, V)
+    src = torch.full((4, 7), 5) * mask
+    for result in (greedy_decode(never_stops, src, mask, max_len_a=1.5, max_len_b=2),
+                   beam_search(never_stops, src, mask, beam_size=2, max_len_a=1.5, max_len_b=2)):
+        assert [len(t) for t in result.tokens] == [0, 3, 8, 12] and result.finished == [False] * 4
+        assert result.attention is not None and [tuple(a.shape) for a in result.attention] == [(0, 0), (3, 1), (8, 4), (12, 7)]
+
+
+def test_empty_sources_decode_to_empty_outputs() -> None:
+    model = make_seq2seq("bahdanau")
+    for src, src_mask in (source_batch([0, 3]), source_batch([0, 0]), (torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0, dtype=torch.bool))):
+        for result in (greedy_decode(model, src, src_mask), beam_search(model, src, src_mask, beam_size=3)):
+            assert result.tokens[0] == [] and result.log_probs[0] == 0.0 and result.finished[0] is False
+            assert result.attention is not None and result.attention[0].shape == (0, 0)
+
+
+def test_eos_first_gives_an_empty_finished_output() -> None:
+    model = MarkovTableModel.from_transitions({BOS_ID: {EOS_ID: 0.9, A: 0.1}, A: {EOS_ID: 1.0}}, V)
+    src, src_mask = one_source()
+    for result in (greedy_decode(model, src, src_mask), beam_search(model, src, src_mask, beam_size=2)):
+        assert result.tokens == [[]] and result.finished == [True]
+        assert result.log_probs[0] == pytest.approx(math.log(0.9), abs=1e-12)
+
+
+def test_decoding_restores_training_mode() -> None:
+    model = make_seq2seq("bahdanau").train()
+    src, src_mask = source_batch([3])
+    greedy_decode(model, src, src_mask)
+    beam_search(model, src, src_mask, beam_size=2)
+    assert model.training
+
+
+def test_length_penalty_values() -> None:
+    torch.testing.assert_close(length_penalty(torch.tensor([1, 7]), 0.6), torch.tensor([1.0, 2.0**0.6], dtype=torch.float64), rtol=0, atol=1e-15)
+    assert float(length_penalty(9, 0.0)) == 1.0 and float(length_penalty(4, 1.0, "power")) == 4.0
+    with pytest.raises(ValueError, match="alpha"):
+        length_penalty(3, -0.5)
+    with pytest.raises(ValueError, match="kind must be 'gnmt' or 'power'"):
+        length_penalty(3, 1.0, "wu")
+
+
+def test_bad_arguments_are_named() -> None:
+    model = garden_path_model()
+    src, src_mask = one_source()
+    assert isinstance(model, IncrementalDecoder) and isinstance(make_seq2seq("none"), IncrementalDecoder)
+    with pytest.raises(ValueError, match="beam_size must be a positive int"):
+        beam_search(model, src, src_mask, beam_size=0)
+    with pytest.raises(ValueError, match="src_mask must be a boolean tensor of shape"):
+        greedy_decode(model, src, src_mask.long())
+    with pytest.raises(TypeError, match="model must implement encode"):
+        greedy_decode(object(), src, src_mask)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="every row of table must be a log-distribution"):
+        MarkovTableModel(torch.zeros(3, 3))
