@@ -24,7 +24,6 @@ Models with dropout are switched to ``eval()`` for the search and restored after
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -326,7 +325,7 @@ def beam_search(
                 best[i] = (history[r], a, float(top_scores[i, j[i]]), True)
                 best_score[i] = float(cand_best[i])
 
-            # 2. The best k candidates that do not end in EOS stay alive (stable sort keeps score order).
+            # 2. The best k candidates that do not end in EOS stay alive, best first (ranks are distinct).
             keep = torch.where(is_eos, rank[:n_cand] + 2 * K, rank[:n_cand]).argsort(-1)[:, :K]  # (B, K)
             beam_scores = top_scores.gather(1, keep)
             new_tokens = token.gather(1, keep)

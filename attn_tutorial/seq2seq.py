@@ -230,7 +230,8 @@ class Encoder(nn.Module):
 
 
 class _RecurrentDecoder(nn.Module):
-    """Shared parts: the GRU, the bridge from the encoder's final state, the step loop."""
+    """Shared parts: the GRU, the bridge :math:`s_0 = \\tanh(W_b \\bar h_{\\mathrm{final}})` from the
+    encoder's final state (one per layer), and the teacher-forcing loop over :meth:`step`."""
 
     def __init__(self, config: Seq2SeqConfig, input_dim: int) -> None:
         super().__init__()
@@ -269,6 +270,10 @@ class PlainDecoder(_RecurrentDecoder):
     with :math:`c` the encoder's final bidirectional state (top layer). The returned "attention" is
     all zeros, shape ``(B, S)`` per step: the model looks at no source position in particular.
 
+    Shape:
+        ``step``: ``emb_t`` ``(B, E)`` -> read-out ``(B, H)``, attention ``(B, S)``, new state;
+        ``forward``: ``emb`` ``(B, T, E)`` -> read-outs ``(B, T, H)``, attention ``(B, T, S)``, final state.
+
     Reference: Cho et al. (2014), "Learning Phrase Representations using RNN Encoder-Decoder".
     """
 
@@ -302,6 +307,10 @@ class BahdanauDecoder(_RecurrentDecoder):
 
     :math:`s_{t-1}` is the top GRU layer; padding gets weight 0. (The paper's maxout read-out is
     replaced by ``tanh``.)
+
+    Shape:
+        ``step``: ``emb_t`` ``(B, E)`` -> read-out ``(B, H)``, attention ``(B, S)``, new state;
+        ``forward``: ``emb`` ``(B, T, E)`` -> read-outs ``(B, T, H)``, attention ``(B, T, S)``, final state.
 
     Reference: {cite}`bahdanau2015`, section 3.1 and appendix A.
     """
@@ -337,6 +346,10 @@ class LuongDecoder(_RecurrentDecoder):
     *at most* 1). :math:`\\bar m_s = W_m \\bar h_s` projects the bidirectional encoder outputs to
     ``hidden_dim`` so that the ``dot`` score is defined. Without input feeding the GRU input is
     :math:`e(y_{t-1})` only, and teacher forcing runs the GRU and the attention over all steps at once.
+
+    Shape:
+        ``step``: ``emb_t`` ``(B, E)`` -> read-out ``(B, H)``, attention ``(B, S)``, new state;
+        ``forward``: ``emb`` ``(B, T, E)`` -> read-outs ``(B, T, H)``, attention ``(B, T, S)``, final state.
 
     Reference: {cite}`luong2015`, sections 3.1-3.3.
     """

@@ -9,7 +9,7 @@ smoothing {cite}`vaswani2017` (section 5.4), averaged over the *real* target tok
         + \\frac{\\varepsilon}{V} \\sum_{v=1}^{V} (-\\log p_{bt}(v))\\Big], \\qquad N = \\sum_{b,t} m_{bt},
 
 where ``m`` is the target mask (``True`` = real token, padding is ignored), ``V`` the vocabulary size
-and ``\\varepsilon`` the label smoothing. It is minimised with AdamW under a learning-rate schedule
+and :math:`\\varepsilon` the label smoothing. It is minimised with AdamW under a learning-rate schedule
 with linear warmup (:func:`lr_at`), gradient clipping, optional mixed precision, early stopping on
 the validation loss, and atomic, resumable checkpoints.
 
@@ -489,9 +489,14 @@ def evaluate_loss(
     With the default ``loss_fn`` this is the plain cross-entropy (no label smoothing), so
     ``exp(evaluate_loss(...))`` is the perplexity. Runs in eval mode (no dropout) without gradients
     and restores the model's previous mode.
+
+    Shape:
+        batches as in :func:`fit`; returns a Python float.
     """
     loss_fn = loss_fn or functools.partial(token_cross_entropy, smoothing=0.0)
-    device = next(model.parameters()).device if device is None else torch.device(device)
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = torch.device(device)
     was_training = model.training
     model.eval()
     total, count = 0.0, 0.0
@@ -1052,6 +1057,13 @@ def fit(
     * ``tokenizer`` (a path, JSON or ``tokenizers.Tokenizer``) is recorded in every checkpoint.
 
     The model is moved to the chosen device and left in the mode (train/eval) it came in.
+
+    Shape:
+        each batch: ``src``, ``src_mask`` ``(B, S)``; ``tgt_in``, ``tgt_out``, ``tgt_mask`` ``(B, T)``
+        (masks bool, ``True`` = real token); the model's logits ``(B, T, V)``.
+
+    Reference: AdamW (decoupled weight decay), warmup and label smoothing as in {cite}`vaswani2017`,
+    section 5.
     """
     if not isinstance(config, TrainConfig):
         raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")

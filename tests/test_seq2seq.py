@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attn_tutorial import Seq2Seq, Seq2SeqConfig, Seq2SeqState, greedy_decode, padding_mask
+from attn_tutorial import Seq2Seq, Seq2SeqConfig, Seq2SeqState, beam_search, greedy_decode, padding_mask
 
 PAD, BOS, EOS = 0, 1, 2
 SRC_V, TGT_V = 11, 13
@@ -247,9 +247,10 @@ def test_tiny_model_learns_to_copy(attention: str) -> None:
         loss.backward()
         opt.step()
     assert first > 1.5 and loss.item() < 0.05, (first, loss.item())
-    result = greedy_decode(model.eval(), src, src_mask)
     expected = [row[:n].tolist() for row, n in zip(src, src_mask.sum(-1))]
-    assert result.tokens == expected and all(result.finished)
+    for result in (greedy_decode(model.eval(), src, src_mask), beam_search(model, src, src_mask, beam_size=3)):
+        assert result.tokens == expected and all(result.finished)
+        assert result.attention is not None and [a.shape for a in result.attention] == [(len(e), len(e)) for e in expected]
 
 
 def test_dropout_is_active_in_training_mode_only() -> None:
