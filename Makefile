@@ -18,7 +18,6 @@ BUILD  := _build/html
 # user has installed elsewhere.
 export JUPYTER_PREFER_ENV_PATH := 1
 export PYTHONHASHSEED := 0
-export MPLBACKEND := Agg
 
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 

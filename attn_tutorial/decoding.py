@@ -127,7 +127,7 @@ def decode_length_limits(src_mask: Tensor, max_len_a: float = 2.0, max_len_b: in
 def length_penalty(length: Tensor | int, alpha: float, kind: str = "gnmt") -> Tensor:
     """The divisor :math:`lp(|Y|)` of beam search's ranking score :math:`\\log p(Y \\mid X) / lp(|Y|)`.
 
-    * ``kind="gnmt"``: :math:`lp(|Y|) = ((5 + |Y|) / 6)^\\alpha` (Wu et al., 2016, eq. 14);
+    * ``kind="gnmt"``: :math:`lp(|Y|) = ((5 + |Y|) / 6)^\\alpha` ({cite:t}`wu2016gnmt`, eq. 14);
     * ``kind="power"``: :math:`lp(|Y|) = |Y|^\\alpha`; ``alpha = 1`` is plain length normalisation
       (the average log-probability per token).
 
@@ -268,7 +268,7 @@ def beam_search(
     Shape:
         ``src`` ``(B, S)`` long, ``src_mask`` ``(B, S)`` bool -> :class:`DecodeResult` with ``B`` entries.
 
-    Reference: beam search for NMT as in Sutskever et al. (2014); length penalty of Wu et al. (2016).
+    Reference: beam search for NMT as in {cite:t}`sutskever2014seq2seq`; length penalty of {cite:t}`wu2016gnmt`.
     """
     _check_inputs(model, src, src_mask)
     if not isinstance(beam_size, int) or isinstance(beam_size, bool) or beam_size < 1:
@@ -390,6 +390,15 @@ class MarkovTableModel:
 
     Shape:
         ``table`` ``(V, V)`` of log-probabilities; each row must be a distribution (``logsumexp = 0``).
+
+    The garden path: after BOS, word 4 is likeliest (0.5) but rarely ends well (EOS 0.4); word 5 (0.4)
+    almost always does (EOS 0.9). Greedy returns ``[4]`` (p = 0.20), a beam of two ``[5]`` (p = 0.36).
+
+    >>> m = MarkovTableModel.from_transitions(
+    ...     {BOS_ID: {4: 0.5, 5: 0.4, 6: 0.1}, 4: {EOS_ID: 0.4, 5: 0.3, 6: 0.3}, 5: {EOS_ID: 0.9, 6: 0.1}, 6: {EOS_ID: 1.0}}, 7)
+    >>> src, src_mask = torch.tensor([[4, 5]]), torch.tensor([[True, True]])
+    >>> greedy_decode(m, src, src_mask).tokens, beam_search(m, src, src_mask, beam_size=2).tokens
+    ([[4]], [[5]])
     """
 
     def __init__(self, table: Tensor) -> None:

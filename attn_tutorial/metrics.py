@@ -1,6 +1,6 @@
 """BLEU, done the reproducible way: sacreBLEU on detokenised, cased text, with its signature.
 
-BLEU (Papineni et al., 2002) is a corpus-level score: over the whole test set, count the clipped
+BLEU {cite}`papineni2002bleu` is a corpus-level score: over the whole test set, count the clipped
 n-gram matches of the hypotheses against the references for n = 1..4, and combine
 
 .. math:: \\mathrm{BLEU} = \\mathrm{BP} \\cdot \\exp\\Big(\\tfrac14 \\sum_{n=1}^{4} \\log p_n\\Big), \\qquad
@@ -8,8 +8,8 @@ n-gram matches of the hypotheses against the references for n = 1..4, and combin
 
 where :math:`p_n` is the corpus n-gram precision, :math:`c` the hypotheses' total length and
 :math:`r` the references'. The number depends on how text is split into words, on case, and on
-smoothing, so published scores are comparable only when computed the same way: sacreBLEU (Post,
-2018) fixes all of it and prints a *signature* such as
+smoothing, so published scores are comparable only when computed the same way: sacreBLEU
+{cite}`post2018sacrebleu` fixes all of it and prints a *signature* such as
 ``nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0`` that says how.
 
 The classic mistakes, and how this module avoids them: scoring tokenised or BPE-split text (pass
@@ -74,12 +74,13 @@ def corpus_bleu(
     *streams*, each holding one string per hypothesis, as :func:`sacrebleu.corpus_bleu` expects.
     Defaults are sacreBLEU's: cased, ``13a`` tokenisation, exponential smoothing. The result prints as
     ``BLEU = 35.20 66.1/42.0/28.6/19.9 (BP = ...)``; ``.score`` is the number (0-100), ``.precisions``
-    the n-gram precisions, ``.bp`` the brevity penalty. Report it with :func:`bleu_signature`.
+    the n-gram precisions, ``.bp`` the brevity penalty. Report it with its signature:
+    ``print(score.format(signature=bleu_signature()))`` prints ``BLEU|nrefs:1|case:mixed|... = 35.20 ...``.
 
     Shape:
         ``hypotheses``: ``N`` strings; ``references``: ``N`` strings, or ``R`` lists of ``N`` strings.
 
-    Reference: Papineni et al. (2002); Post (2018), "A Call for Clarity in Reporting BLEU Scores".
+    Reference: {cite}`papineni2002bleu,post2018sacrebleu`.
     """
     hyps = _check_strings("hypotheses", hypotheses)
     streams = _reference_streams(references, len(hyps))

@@ -3,7 +3,7 @@
 All three models share one encoder and differ only in how the decoder looks at the source:
 
 * ``attention="none"``: the decoder sees a single summary vector :math:`c` of the source (the
-  encoder's final bidirectional state), fed at every step, in the style of Cho et al. (2014). Every
+  encoder's final bidirectional state), fed at every step, in the style of {cite:t}`cho2014gru`. Every
   source sentence, long or short, must squeeze through that one vector.
 * ``attention="bahdanau"`` {cite}`bahdanau2015`: before computing the new state :math:`s_t`, the
   *previous* state :math:`s_{t-1}` scores every encoder output with an additive score,
@@ -64,7 +64,7 @@ class Seq2SeqConfig:
         luong_mode: ``"global"`` or ``"local-p"`` (Luong section 3.2).
         local_window: half-width ``D`` of the local-p window (``sigma = D / 2``).
         input_feeding: Luong's input feeding of :math:`\\tilde h_{t-1}` (section 3.3).
-        tie_embeddings: share the decoder's input embedding with the output layer (Press & Wolf, 2017);
+        tie_embeddings: share the decoder's input embedding with the output layer {cite}`press2017tying`;
             a bias-free projection maps the ``hidden_dim`` read-out to ``emb_dim`` first if they differ.
         share_embeddings: encoder and decoder use one embedding table (needs a shared vocabulary).
         pad_id: the padding token id (its embedding is zero and receives no gradient).
@@ -173,7 +173,10 @@ class Seq2SeqState:
         return self.memory.shape[0]
 
     def __repr__(self) -> str:  # tensors would print in full
-        parts = [f"{f.name}={tuple(getattr(self, f.name).shape)}" if isinstance(getattr(self, f.name), Tensor) else f"{f.name}={getattr(self, f.name)!r}" for f in fields(self)]
+        parts = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            parts.append(f"{f.name}={tuple(value.shape)}" if isinstance(value, Tensor) else f"{f.name}={value!r}")
         return f"Seq2SeqState({', '.join(parts)})"
 
 
@@ -239,7 +242,9 @@ class _RecurrentDecoder(nn.Module):
         H = config.hidden_dim
         # Bridge: s_0 = tanh(W_b [h_fwd_last; h_bwd_first]), one per layer.
         self.bridge = nn.Linear(config.enc_dim, H)
-        self.rnn = nn.GRU(input_dim, H, num_layers=config.num_layers, batch_first=True, dropout=config.dropout if config.num_layers > 1 else 0.0)
+        self.rnn = nn.GRU(
+            input_dim, H, num_layers=config.num_layers, batch_first=True, dropout=config.dropout if config.num_layers > 1 else 0.0
+        )
 
     def initial_hidden(self, final: Tensor) -> Tensor:
         return torch.tanh(self.bridge(final))  # (L, B, H)
@@ -274,7 +279,7 @@ class PlainDecoder(_RecurrentDecoder):
         ``step``: ``emb_t`` ``(B, E)`` -> read-out ``(B, H)``, attention ``(B, S)``, new state;
         ``forward``: ``emb`` ``(B, T, E)`` -> read-outs ``(B, T, H)``, attention ``(B, T, S)``, final state.
 
-    Reference: Cho et al. (2014), "Learning Phrase Representations using RNN Encoder-Decoder".
+    Reference: {cite}`cho2014gru`.
     """
 
     def __init__(self, config: Seq2SeqConfig) -> None:
@@ -471,7 +476,10 @@ class Seq2Seq(nn.Module):
             raise ValueError(f"{name} must be a boolean tensor of shape {tuple(like.shape)} (as {like_name}), True = real token; got {what}")
         lengths = mask.sum(-1)
         if not torch.equal(mask, padding_mask(lengths, mask.shape[-1])):
-            raise ValueError(f"{name} must be True for the real tokens and False for padding at the end of each row (left-aligned), got {mask.int().tolist()}")
+            raise ValueError(
+                f"{name} must be True for the real tokens and False for padding at the end of each row "
+                f"(left-aligned), got {mask.int().tolist()}"
+            )
         return lengths
 
     # ---- the decoding protocol ----------------------------------------------------------------
@@ -498,7 +506,11 @@ class Seq2Seq(nn.Module):
             ``prev_tokens`` ``(B,)`` long -> ``log_probs`` ``(B, V)``, new state, attention ``(B, S)``.
         """
         if not isinstance(prev_tokens, Tensor) or prev_tokens.shape != (state.batch_size,) or prev_tokens.dtype != torch.long:
-            what = f"shape {tuple(prev_tokens.shape)} and dtype {prev_tokens.dtype}" if isinstance(prev_tokens, Tensor) else type(prev_tokens).__name__
+            what = (
+                f"shape {tuple(prev_tokens.shape)} and dtype {prev_tokens.dtype}"
+                if isinstance(prev_tokens, Tensor)
+                else type(prev_tokens).__name__
+            )
             raise ValueError(f"prev_tokens must be a ({state.batch_size},) torch.long tensor, got {what}")
         emb_t = self.dropout(self.tgt_embed(prev_tokens))  # (B, E)
         readout, attn, state = self.decoder.step(emb_t, state)

@@ -107,6 +107,8 @@ def test_signature_names_the_settings() -> None:
     assert bleu_signature() == f"nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:{sacrebleu.__version__}"
     assert "case:lc" in bleu_signature(lowercase=True) and "nrefs:2" in bleu_signature(2)
     assert "tok:intl" in bleu_signature(tokenize="intl")
+    report = corpus_bleu(HYPS, REFS).format(signature=bleu_signature())
+    assert report.startswith(f"BLEU|{bleu_signature()} = {corpus_bleu(HYPS, REFS).score:.2f}")
 
 
 def test_bleu_by_length_buckets_are_corpus_bleu_of_their_sentences() -> None:

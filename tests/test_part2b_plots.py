@@ -117,13 +117,12 @@ def test_receptive_field_matches_path_search(length, window, layers, causal):
 
 
 def test_sliding_window_explorer_reach_grows_by_the_window_per_layer():
-    length = 40
-    explorer = at.sliding_window_explorer(length, window=2, position=20, layers=1)
-    for layers in (1, 2, 3, 5):
+    explorer = at.sliding_window_explorer(24, window=2, position=12, layers=1)
+    for layers in (2, 5):
         explorer.controls["layers"].value = layers
-        assert explorer.state["span"] == (20 - 2 * layers, 20 + 2 * layers)
+        assert explorer.state["span"] == (12 - 2 * layers, 12 + 2 * layers)
     explorer.controls["causal"].value = True
-    assert explorer.state["span"] == (20 - 2 * 5, 20)
+    assert explorer.state["span"] == (12 - 2 * 5, 12)
     explorer.controls["position"].value = 1  # clipped at the start of the sequence
     assert explorer.state["span"] == (0, 1)
     with pytest.raises(ValueError, match="position"):

@@ -105,7 +105,8 @@ def test_notebook_is_committed_executed_and_clean(path: Path) -> None:
         assert "execution" not in cell.get("metadata", {}), f"{path.name}: timing metadata left in"
     # Structure the style guide asks for.
     first_md = "".join(next(c for c in cells if c["cell_type"] == "markdown")["source"])
-    assert first_md.lstrip().startswith("# "), f"{path.name}: the first markdown cell must hold the title"
+    title = re.sub(r"^\s*\([\w-]+\)=\s*\n", "", first_md)  # a MyST label may precede the title
+    assert title.lstrip().startswith("# "), f"{path.name}: the first markdown cell must hold the title"
     assert "What you will learn" in first_md or "What you will learn" in "".join(
         "".join(c["source"]) for c in cells[:3] if c["cell_type"] == "markdown"
     )

@@ -42,7 +42,8 @@ def one_thread() -> Iterator[None]:
 
 def make_model(variant: str, dtype: torch.dtype = torch.float64, seed: int = 0, **overrides: object) -> Seq2Seq:
     torch.manual_seed(seed)
-    cfg = Seq2SeqConfig(src_vocab_size=SRC_V, tgt_vocab_size=TGT_V, emb_dim=6, hidden_dim=5, local_window=2, **{**VARIANTS[variant], **overrides})  # type: ignore[arg-type]
+    options = {**VARIANTS[variant], **overrides}
+    cfg = Seq2SeqConfig(src_vocab_size=SRC_V, tgt_vocab_size=TGT_V, emb_dim=6, hidden_dim=5, local_window=2, **options)  # type: ignore[arg-type]
     return Seq2Seq(cfg).to(dtype).eval()
 
 
