@@ -176,9 +176,8 @@ def rope_angles(positions: Tensor, dim: int, base: float = 10000.0) -> Tensor:
     Shape:
         ``positions`` ``(..., L)`` -> ``(..., L, dim // 2)``.
     """
-    return torch.as_tensor(positions, dtype=torch.float64)[..., None] * _frequencies(dim, base).to(
-        torch.as_tensor(positions).device
-    )
+    positions = torch.as_tensor(positions)
+    return positions.to(torch.float64)[..., None] * _frequencies(dim, base).to(positions.device)
 
 
 def apply_rope(x: Tensor, positions: Tensor | None = None, base: float = 10000.0) -> Tensor:
@@ -208,14 +207,13 @@ def apply_rope(x: Tensor, positions: Tensor | None = None, base: float = 10000.0
     L, D = x.shape[-2], x.shape[-1]
     if D % 2:
         raise ValueError(f"x has shape {_shape(x)}; expected an even feature size D to form (2i, 2i+1) pairs, got D={D}")
-    if positions is None:
-        positions = torch.arange(L, device=x.device)
-    positions = torch.as_tensor(positions, device=x.device)
+    positions = torch.arange(L) if positions is None else torch.as_tensor(positions)
     if positions.shape[-1:] != (L,):
         raise ValueError(f"positions has shape {_shape(positions)}; expected a last dimension of L = {L} (x has shape {_shape(x)})")
     compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
-    theta = rope_angles(positions, D, base)  # (..., L, D/2)
-    cos, sin = theta.cos().to(compute), theta.sin().to(compute)
+    theta = rope_angles(positions.cpu(), D, base)  # (..., L, D/2), float64 on the CPU (MPS has no float64)
+    cos = theta.cos().to(device=x.device, dtype=compute)
+    sin = theta.sin().to(device=x.device, dtype=compute)
     xc = x.to(compute)
     x_even, x_odd = xc[..., 0::2], xc[..., 1::2]  # (..., L, D/2) each
     out = torch.stack((x_even * cos - x_odd * sin, x_even * sin + x_odd * cos), dim=-1)  # (..., L, D/2, 2)

@@ -1,0 +1,374 @@
+"""Named training recipes: everything ``attn-tutorial train --recipe NAME`` needs, as frozen dataclasses.
+
+A :class:`Recipe` is four parts, each validated on construction:
+
+* :class:`DataSpec`: which data set (``"multi30k"`` or the ``"dates"`` task of
+  :func:`~attn_tutorial.data.date_dataset`), how much of it, and how it is batched;
+* :class:`TokenizerSpec`: a joint BPE trained on the training split only (``"bpe"``) or the fixed
+  character vocabulary of the toy task (``"char"``);
+* the model: a ``model_kind`` (a key of :data:`MODEL_KINDS`, e.g. ``"seq2seq"``) and the keyword
+  arguments of that kind's config class *without* the vocabulary size, which the tokenizer decides;
+* a :class:`~attn_tutorial.train.TrainConfig`.
+
+A later model (the Transformer) slots in by adding one entry to :data:`MODEL_KINDS` (config class,
+model class) and its recipes to :data:`RECIPES`; nothing else changes. Variants are made with
+:func:`apply_overrides` (the CLI's ``--set key=value``), e.g. ``model.hidden_dim=32`` or
+``train.lr=3e-4``, which validates again.
+
+Why these defaults for Multi30K (German to English, 29k pairs, about 0.4M target tokens per epoch,
+two CPU cores): a joint BPE of 8k pieces with one embedding table shared by encoder, decoder and the
+output layer (``share_embeddings`` + ``tie_embeddings`` {cite}`press2017tying`) keeps the model small
+where it costs most (the vocabulary); a 512-unit GRU with 256-dimensional embeddings is the size
+{cite:t}`bahdanau2015` scale down to on a small corpus; dropout 0.3 and label smoothing 0.1
+{cite}`vaswani2017` fight over-fitting of a 29k-sentence corpus; Adam at ``1e-3`` with a short warmup
+and a cosine decay converges in about ten epochs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from torch import nn
+
+from .seq2seq import Seq2Seq, Seq2SeqConfig
+from .train import TrainConfig
+
+__all__ = [
+    "DATASETS",
+    "TOKENIZER_KINDS",
+    "MODEL_KINDS",
+    "DataSpec",
+    "TokenizerSpec",
+    "Recipe",
+    "RECIPES",
+    "get_recipe",
+    "list_recipes",
+    "apply_overrides",
+    "parse_override",
+    "build_model",
+]
+
+#: Data sets a recipe can train on.
+DATASETS = ("multi30k", "dates")
+#: Tokenizers a recipe can use: a joint BPE trained on the training split, or characters.
+TOKENIZER_KINDS = ("bpe", "char")
+
+#: Model kinds: name -> (config dataclass, model class). The config takes the vocabulary size as
+#: ``src_vocab_size`` (one joint vocabulary); everything else comes from ``Recipe.model``.
+MODEL_KINDS: dict[str, tuple[type, Callable[[Any], nn.Module]]] = {
+    "seq2seq": (Seq2SeqConfig, Seq2Seq),
+}
+
+
+def _positive_int_or_none(owner: str, name: str, value: object) -> None:
+    if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+        raise ValueError(f"{owner}.{name} must be a positive int or None, got {value!r}")
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which data a recipe trains on and how it is batched.
+
+    Args:
+        dataset: one of :data:`DATASETS`.
+        src_lang, tgt_lang: Multi30K languages (ignored by ``"dates"``).
+        max_train_pairs: keep only the first ``n`` training pairs (``None``: all); for quick runs and tests.
+        max_val_pairs: keep only the first ``n`` validation pairs for the loss and the final BLEU.
+        n_train, n_val, n_test, data_seed: sizes and seed of the ``"dates"`` task's three splits.
+        max_tokens: padded-token budget of a training batch (:class:`~attn_tutorial.data.BatchIterator`).
+        max_len: longest sequence in tokens, BOS/EOS included (longer ones are truncated in training).
+    """
+
+    dataset: str = "multi30k"
+    src_lang: str = "de"
+    tgt_lang: str = "en"
+    max_train_pairs: int | None = None
+    max_val_pairs: int | None = None
+    n_train: int = 20_000
+    n_val: int = 1_000
+    n_test: int = 1_000
+    data_seed: int = 0
+    max_tokens: int = 4096
+    max_len: int = 128
+
+    def __post_init__(self) -> None:
+        if self.dataset not in DATASETS:
+            raise ValueError(f"DataSpec.dataset must be one of {DATASETS}, got {self.dataset!r}")
+        for name in ("max_train_pairs", "max_val_pairs"):
+            _positive_int_or_none("DataSpec", name, getattr(self, name))
+        for name in ("n_train", "n_val", "max_tokens", "max_len"):
+            _positive_int_or_none("DataSpec", name, getattr(self, name))
+            if getattr(self, name) is None:
+                raise ValueError(f"DataSpec.{name} must be a positive int, got None")
+        if not isinstance(self.n_test, int) or self.n_test < 0 or not isinstance(self.data_seed, int) or self.data_seed < 0:
+            raise ValueError(f"DataSpec.n_test and data_seed must be ints >= 0, got {self.n_test!r}, {self.data_seed!r}")
+        if self.max_len < 2:
+            raise ValueError(f"DataSpec.max_len must be >= 2 (a token and its EOS), got {self.max_len!r}")
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    """How text becomes ids: ``kind="bpe"`` trains a joint BPE of ``vocab_size`` pieces on the
+    source and target sides of the training split only (:func:`~attn_tutorial.data.train_bpe`);
+    ``kind="char"`` uses the toy task's fixed :func:`~attn_tutorial.data.date_vocab`."""
+
+    kind: str = "bpe"
+    vocab_size: int = 8000
+    min_frequency: int = 2
+
+    def __post_init__(self) -> None:
+        if self.kind not in TOKENIZER_KINDS:
+            raise ValueError(f"TokenizerSpec.kind must be one of {TOKENIZER_KINDS}, got {self.kind!r}")
+        for name in ("vocab_size", "min_frequency"):
+            _positive_int_or_none("TokenizerSpec", name, getattr(self, name))
+        if self.vocab_size is None or self.vocab_size < 5:
+            raise ValueError(f"TokenizerSpec.vocab_size must be an int >= 5 (4 special tokens + 1), got {self.vocab_size!r}")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named, complete training set-up: data + tokenizer + model + training configuration.
+
+    ``model`` holds the keyword arguments of ``MODEL_KINDS[model_kind]``'s config class except the
+    vocabulary size; it is checked on construction by building that config with a placeholder
+    vocabulary. ``train`` has no ``checkpoint_dir`` (the CLI sets it to ``OUT/checkpoints``); the run
+    then checkpoints every ``checkpoint_every_steps`` steps (``None``: at the end of every epoch). Serialise with :meth:`to_dict`, restore with :meth:`from_dict`.
+    """
+
+    name: str
+    description: str
+    data: DataSpec
+    tokenizer: TokenizerSpec
+    model_kind: str
+    model: Mapping[str, Any]
+    train: TrainConfig
+    tags: tuple[str, ...] = field(default_factory=tuple)
+    checkpoint_every_steps: int | None = 100
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str) or not self.name:
+            raise ValueError(f"Recipe.name must be a non-empty string, got {self.name!r}")
+        _positive_int_or_none("Recipe", "checkpoint_every_steps", self.checkpoint_every_steps)
+        if self.model_kind not in MODEL_KINDS:
+            raise ValueError(f"Recipe.model_kind must be one of {tuple(MODEL_KINDS)}, got {self.model_kind!r}")
+        object.__setattr__(self, "model", dict(self.model))
+        self.model_config(max(self.tokenizer.vocab_size, 8))  # validates the model's keyword arguments
+        if self.data.dataset == "dates" and self.tokenizer.kind != "char":
+            raise ValueError("the 'dates' data set is character level: set tokenizer.kind='char'")
+
+    def model_config(self, vocab_size: int) -> Any:
+        """The model's config dataclass for a joint vocabulary of ``vocab_size`` ids."""
+        config_cls, _ = MODEL_KINDS[self.model_kind]
+        try:
+            return config_cls(src_vocab_size=vocab_size, **self.model)
+        except TypeError as err:
+            names = [f.name for f in dataclasses.fields(config_cls) if f.name != "src_vocab_size"]
+            raise ValueError(f"Recipe.model has a key {config_cls.__name__} does not take ({err}); valid keys: {names}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable dict (inverse: :meth:`from_dict`)."""
+        return {
+            "name": self.name,
+            "description": self.description,
+            "data": dataclasses.asdict(self.data),
+            "tokenizer": dataclasses.asdict(self.tokenizer),
+            "model_kind": self.model_kind,
+            "model": dict(self.model),
+            "train": self.train.to_dict(),
+            "tags": list(self.tags),
+            "checkpoint_every_steps": self.checkpoint_every_steps,
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Recipe:
+        return cls(
+            name=d["name"],
+            description=d.get("description", ""),
+            data=DataSpec(**d["data"]),
+            tokenizer=TokenizerSpec(**d["tokenizer"]),
+            model_kind=d["model_kind"],
+            model=dict(d["model"]),
+            train=TrainConfig.from_dict(d["train"]),
+            tags=tuple(d.get("tags", ())),
+            checkpoint_every_steps=d.get("checkpoint_every_steps"),
+        )
+
+
+def build_model(recipe: Recipe, vocab_size: int) -> nn.Module:
+    """A freshly initialised model of ``recipe`` for a joint vocabulary of ``vocab_size`` ids."""
+    _, model_cls = MODEL_KINDS[recipe.model_kind]
+    return model_cls(recipe.model_config(vocab_size))
+
+
+# --------------------------------------------------------------------------------------------
+# The book's recipes
+# --------------------------------------------------------------------------------------------
+
+# The recurrent models of Part III on Multi30K: one joint BPE-8k, shared and tied embeddings.
+_GRU_MULTI30K = {
+    "emb_dim": 256,
+    "hidden_dim": 512,
+    "num_layers": 1,
+    "dropout": 0.3,
+    "share_embeddings": True,
+    "tie_embeddings": True,
+}
+_TRAIN_MULTI30K = TrainConfig(
+    epochs=12,
+    lr=1e-3,
+    betas=(0.9, 0.98),
+    eps=1e-9,
+    warmup_steps=300,
+    schedule="cosine",
+    min_lr=1e-5,
+    grad_clip=1.0,
+    label_smoothing=0.1,
+    eval_every="epoch",
+    keep_last_n=2,
+    progress=False,
+    log_every=20,
+)
+_TRAIN_DATES = TrainConfig(
+    epochs=8,
+    lr=2e-3,
+    warmup_steps=50,
+    schedule="cosine",
+    min_lr=1e-5,
+    grad_clip=1.0,
+    eval_every="epoch",
+    keep_last_n=2,
+    progress=False,
+    log_every=20,
+)
+
+
+def _multi30k(name: str, description: str, **model: Any) -> Recipe:
+    return Recipe(
+        name=name,
+        description=description,
+        data=DataSpec(dataset="multi30k"),
+        tokenizer=TokenizerSpec(kind="bpe", vocab_size=8000),
+        model_kind="seq2seq",
+        model={**_GRU_MULTI30K, **model},
+        train=_TRAIN_MULTI30K,
+        tags=("part3", "multi30k", "gru"),
+    )
+
+
+#: Every named recipe, by name.
+RECIPES: dict[str, Recipe] = {
+    r.name: r
+    for r in (
+        _multi30k(
+            "gru-none-multi30k",
+            "GRU encoder-decoder without attention (one summary vector), Multi30K de-en",
+            attention="none",
+        ),
+        _multi30k(
+            "gru-bahdanau-multi30k",
+            "GRU encoder-decoder with Bahdanau (additive) attention, Multi30K de-en",
+            attention="bahdanau",
+        ),
+        _multi30k(
+            "gru-luong-multi30k",
+            "GRU encoder-decoder with Luong attention (global, general score, input feeding), Multi30K de-en",
+            attention="luong",
+            luong_score="general",
+            luong_mode="global",
+            input_feeding=True,
+        ),
+        Recipe(
+            name="gru-bahdanau-dates",
+            description="GRU encoder-decoder with Bahdanau attention on the date-normalisation task",
+            data=DataSpec(dataset="dates", n_train=20_000, n_val=1_000, n_test=1_000, max_tokens=4096, max_len=64),
+            tokenizer=TokenizerSpec(kind="char", vocab_size=8000),
+            model_kind="seq2seq",
+            model={"emb_dim": 32, "hidden_dim": 64, "attention": "bahdanau", "share_embeddings": True},
+            train=_TRAIN_DATES,
+            tags=("part3", "dates", "gru"),
+        ),
+    )
+}
+
+
+def list_recipes() -> list[str]:
+    """The names of the recipes in :data:`RECIPES`, sorted."""
+    return sorted(RECIPES)
+
+
+def get_recipe(name: str) -> Recipe:
+    """The recipe called ``name``; ``KeyError`` with the list of known names if there is none."""
+    try:
+        return RECIPES[name]
+    except KeyError:
+        raise KeyError(f"unknown recipe {name!r}; known recipes: {', '.join(list_recipes())}") from None
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """``"model.hidden_dim=32"`` -> ``("model", "hidden_dim", 32)``.
+
+    The part before the dot is ``data``, ``tokenizer``, ``model`` or ``train``. The value is read as
+    JSON when it parses (``32``, ``3e-4``, ``true``, ``null``, ``[0.9, 0.98]``), with ``none``/``None``
+    also meaning ``null`` and ``True``/``False`` booleans; otherwise it is kept as a string
+    (``model.attention=luong``).
+    """
+    if "=" not in text:
+        raise ValueError(f"--set expects key=value (e.g. model.hidden_dim=32), got {text!r}")
+    key, raw = text.split("=", 1)
+    section, _, name = key.strip().partition(".")
+    if section not in ("data", "tokenizer", "model", "train") or not name:
+        raise ValueError(
+            f"--set key must be data.NAME, tokenizer.NAME, model.NAME or train.NAME, got {key.strip()!r}"
+        )
+    raw = raw.strip()
+    special = {"none": None, "None": None, "True": True, "False": False}
+    if raw in special:
+        value: Any = special[raw]
+    else:
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+    if isinstance(value, list):
+        value = tuple(value)
+    return section, name, value
+
+
+def apply_overrides(recipe: Recipe, overrides: Sequence[str] | Mapping[str, Any]) -> Recipe:
+    """A copy of ``recipe`` with ``section.name=value`` overrides applied (and validated).
+
+    ``overrides`` are ``--set`` strings (see :func:`parse_override`) or a mapping
+    ``{"model.hidden_dim": 32}``. Unknown names raise ``ValueError`` naming the valid ones.
+    """
+    items = (
+        [parse_override(f"{k}={json.dumps(v)}") for k, v in overrides.items()]
+        if isinstance(overrides, Mapping)
+        else [parse_override(o) for o in overrides]
+    )
+    data, tokenizer, model, train = recipe.data, recipe.tokenizer, dict(recipe.model), recipe.train
+    every = recipe.checkpoint_every_steps
+    for section, name, value in items:
+        if section == "model":
+            model[name] = value
+            continue
+        if section == "train" and name == "checkpoint_every_steps":  # kept on the recipe (see Recipe)
+            every = value
+            continue
+        current = {"data": data, "tokenizer": tokenizer, "train": train}[section]
+        valid = [f.name for f in dataclasses.fields(current)]
+        if name not in valid:
+            raise ValueError(f"--set {section}.{name}: {type(current).__name__} has no field {name!r}; valid: {valid}")
+        updated = dataclasses.replace(current, **{name: value})
+        if section == "data":
+            data = updated
+        elif section == "tokenizer":
+            tokenizer = updated
+        else:
+            train = updated
+    return dataclasses.replace(
+        recipe, data=data, tokenizer=tokenizer, model=model, train=train, checkpoint_every_steps=every
+    )
