@@ -54,6 +54,8 @@ from .train import TrainEvent, export_fp16, fit, latest_checkpoint, load_checkpo
 __all__ = ["build_parser", "main", "load_split", "CLIError"]
 
 DATES_SPLITS = ("train", "val", "test")
+#: The most a model shipped inside the package may take on disk (fp16 weights).
+SHIP_MAX_BYTES = 16 * 2**20
 
 
 class CLIError(Exception):
@@ -217,28 +219,29 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
                 )
     elif previous is not None or (out / CARD_FILE).exists():
         raise CLIError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
+    # Load the data before anything is written, so that missing data leaves no half-made run behind.
+    train_pairs = _limit(load_split(recipe.data, "train"), recipe.data.max_train_pairs)
+    val_pairs = _limit(load_split(recipe.data, "val"), recipe.data.max_val_pairs)
     out.mkdir(parents=True, exist_ok=True)
     (out / _RECIPE_FILE).write_text(json.dumps(recipe.to_dict(), indent=1) + "\n")
     log = _Log(out / "train.log")
     try:
-        return _train_run(args, argv, recipe, device, out, previous if args.resume else None, log)
+        return _train_run(args, argv, recipe, device, out, previous if args.resume else None, log, train_pairs, val_pairs)
     finally:
         log.close()
 
 
 def _train_run(
     args: argparse.Namespace, argv: Sequence[str], recipe: Recipe, device: torch.device, out: Path,
-    resume_from: Path | None, log: _Log,
+    resume_from: Path | None, log: _Log, train_pairs: list[tuple[str, str]], val_pairs: list[tuple[str, str]],
 ) -> int:
     spec = recipe.data
     log(f"attn-tutorial {__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), device {device}")
     log(f"recipe {recipe.name}: {recipe.description}; output {out}" + (f"; resuming from {resume_from.name}" if resume_from else ""))
-    train_pairs = _limit(load_split(spec, "train"), spec.max_train_pairs)
-    val_pairs = _limit(load_split(spec, "val"), spec.max_val_pairs)
     log(f"data {spec.dataset}: {len(train_pairs)} training pairs, {len(val_pairs)} validation pairs")
 
     tok_path = out / TOKENIZER_FILE
-    if tok_path.is_file():
+    if resume_from is not None:  # the tokenizer the checkpoints were trained with
         tokenizer = load_tokenizer(tok_path)
         log(f"tokenizer loaded from {tok_path} ({tokenizer.vocab_size} ids)")
     else:
@@ -277,7 +280,10 @@ def _train_run(
     score = corpus_bleu(hyps, [t for _, t in val_pairs])
     signature = bleu_signature()
     log(f"val BLEU (greedy, {len(val_pairs)} sentences) {score.score:.2f} in {time.perf_counter() - t0:.1f}s  {signature}")
-    export_fp16(final, out / MODEL_FILE)
+    exported = export_fp16(final, out / MODEL_FILE, max_bytes=None)  # the size limit is checked when shipping
+    size = exported.stat().st_size
+    if size > SHIP_MAX_BYTES:
+        log(f"warning: {MODEL_FILE} is {size / 2**20:.1f} MiB, more than the {SHIP_MAX_BYTES // 2**20} MiB a shipped model may take")
     meta = load_checkpoint(final, load_training_state=False).metadata
     card = {
         "name": out.name,
@@ -296,6 +302,7 @@ def _train_run(
         "vocab_size": tokenizer.vocab_size,
         "steps": history.num_steps,
         "checkpoint": final.name,
+        "model_bytes": size,
         "final_train_loss": history.train_loss[-1] if history.train_loss else None,
         "val_loss": history.val_loss[-1] if history.val_loss else None,
         "val_bleu": round(score.score, 2),
@@ -335,8 +342,18 @@ def _decode_options(args: argparse.Namespace) -> dict[str, Any]:
     return {"beam_size": args.beam, "length_penalty_alpha": args.alpha, "batch_size": args.batch_size, "max_len": args.max_len}
 
 
+def _utf8(stream: TextIO) -> None:
+    """Read and write UTF-8 whatever the locale says (German text must survive a C locale)."""
+    encoding = (getattr(stream, "encoding", None) or "utf-8").lower().replace("-", "")
+    reconfigure = getattr(stream, "reconfigure", None)
+    if encoding != "utf8" and callable(reconfigure):
+        reconfigure(encoding="utf-8")
+
+
 def _translate(args: argparse.Namespace) -> int:
     model, tokenizer, _ = _load_model(args)
+    _utf8(sys.stdin)
+    _utf8(sys.stdout)
     lines = _read_lines(sys.stdin)
     outputs = translate_sentences(model, tokenizer, lines, **_decode_options(args))
     assert len(outputs) == len(lines)

@@ -302,7 +302,7 @@ def plot_mask(
 ) -> Axes:
     """Draw a boolean attention mask (``True`` = may attend) as a grid of filled and empty cells.
 
-    Allowed cells are dark and marked with a tick, blocked cells are white and marked with a cross
+    Allowed cells are dark and marked with a tick, blocked cells are light and marked with a cross
     (when ``annotate``, the default for masks up to 12 x 12), so the figure reads the same in print.
 
     Args:
@@ -447,7 +447,8 @@ def plot_qkv_sources(kind: str = "self", ax: Axes | None = None, title: str | No
         arrow(0.2, 0.14, 0.2, 0.38)
         arrow(0.68, 0.14, 0.5, 0.38)
         arrow(0.68, 0.14, 0.8, 0.38)
-    for x, name in ((0.2, "Q = ·$W_Q$"), (0.5, "K = ·$W_K$"), (0.8, "V = ·$W_V$")):
+    q_src = "X" if kind == "self" else "Y"
+    for x, name in ((0.2, f"Q = {q_src}$W_Q$"), (0.5, "K = X$W_K$"), (0.8, "V = X$W_V$")):
         node(x, 0.45, name, "#eeeeee")
         arrow(x, 0.52, 0.5, 0.74)
     node(0.5, 0.8, "softmax($QK^T/\\sqrt{d_k}$) V", "#e5f5e0")
