@@ -104,7 +104,7 @@ PAD_TOKEN = "<pad>"
 BOS_TOKEN = "<s>"
 EOS_TOKEN = "</s>"
 UNK_TOKEN = "<unk>"
-#: The special tokens in id order: ``SPECIAL_TOKENS[PAD_ID] == "<pad>"`` and so on.
+#: The special tokens in id order, so that ``SPECIAL_TOKENS[PAD_ID] == "<pad>"`` and so on.
 SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
 
 
@@ -199,7 +199,7 @@ class CharVocab:
 
     @property
     def vocab_size(self) -> int:
-        """Number of ids, specials included: ``4 + len(alphabet)``."""
+        """Number of ids with the specials, ``4 + len(alphabet)``."""
         return len(self.itos)
 
     def __len__(self) -> int:
@@ -253,7 +253,7 @@ def expand_two_digit_year(yy: int) -> int:
     """The year a two-digit year stands for in the date task: ``50..99 -> 1950..1999`` and
     ``00..49 -> 2000..2049``.
 
-    The task's dates run from 1950 to 2049 (:data:`DATE_MIN`, :data:`DATE_MAX`), exactly one
+    The task's dates run from 1950 to 2049 (``DATE_MIN``, ``DATE_MAX``), exactly one
     century, so ``yyyy % 100`` identifies the year and this pivot at 50 inverts it. (Python's
     ``strptime("%y")`` pivots at 69 instead; the task does not use it.)
 
@@ -392,7 +392,7 @@ def make_date_pairs(
     """``n`` pairs ``(human-written date, ISO date)`` with distinct sources, e.g.
     ``("the 3rd of march 1999", "1999-03-03")``.
 
-    Each pair draws a date uniformly from :data:`DATE_MIN` .. :data:`DATE_MAX` and a format
+    Each pair draws a date uniformly from ``DATE_MIN`` .. ``DATE_MAX`` and a format
     uniformly from ``formats`` (default all :data:`DATE_FORMATS`); weekday names are those of the
     real date. A source already drawn, or in ``exclude`` (say, a training set's sources), is drawn
     again. Deterministic for a ``seed``; uses its own ``random.Random(seed)``.
@@ -678,9 +678,9 @@ def load_multi30k(
 ) -> list[tuple[str, str]]:
     """Aligned ``(source, target)`` sentence pairs of a Multi30K split {cite}`elliott2016multi30k`.
 
-    ``split`` is one of :data:`MULTI30K_SPLITS` (train 29,000 pairs, val 1,014, test_2016_flickr
+    ``split`` is one of ``MULTI30K_SPLITS`` (train 29,000 pairs, val 1,014, test_2016_flickr
     1,000, test_2017_flickr 1,000); ``src`` and ``tgt`` two different languages of
-    :data:`MULTI30K_LANGS`. Where the files come from: :func:`multi30k_path`.
+    ``MULTI30K_LANGS``. Where the files come from: :func:`multi30k_path`.
 
     >>> pairs = load_multi30k("val")  # doctest: +SKIP
     >>> pairs[0]  # doctest: +SKIP
@@ -894,7 +894,7 @@ class Batch:
 
     @property
     def num_tokens(self) -> int:
-        """Real target tokens (EOS included, padding not): the count a per-token loss divides by."""
+        """Number of real target tokens, EOS included and padding not; a per-token loss divides by it."""
         return int(self.tgt_mask.sum())
 
     @property

@@ -82,7 +82,7 @@ class IncrementalDecoder(Protocol):
 class DecodeResult:
     """The chosen hypothesis of each sentence of a batch (see the module docstring for conventions).
 
-    Fields:
+    Attributes:
         tokens: ``B`` lists of token ids, without BOS and EOS.
         attention: ``B`` tensors ``(T_i, S_i)``, one row per returned token; ``None`` if the model returns no attention.
         log_probs: ``B`` floats, the model's total log-probability of ``tokens`` (+ EOS if finished).

@@ -117,7 +117,7 @@ class Seq2SeqConfig:
 
     @property
     def enc_dim(self) -> int:
-        """Feature size of the encoder outputs: forward and backward states concatenated."""
+        """Feature size of the encoder outputs, forward and backward states concatenated."""
         return 2 * self.hidden_dim
 
 
@@ -130,7 +130,7 @@ class Seq2SeqConfig:
 class Seq2SeqState:
     """Everything a decoder needs between steps. Immutable: every step returns a new state.
 
-    Fields:
+    Attributes:
         hidden: decoder GRU state, ``(num_layers, B, H)``.
         memory: what attention reads, ``(B, S, D)``: the encoder outputs (``D = 2H``, Bahdanau) or their
             projection to ``H`` (Luong); zeros at padded positions.
@@ -234,7 +234,7 @@ class Encoder(nn.Module):
 
 class _RecurrentDecoder(nn.Module):
     """Shared parts: the GRU, the bridge :math:`s_0 = \\tanh(W_b \\bar h_{\\mathrm{final}})` from the
-    encoder's final state (one per layer), and the teacher-forcing loop over :meth:`step`."""
+    encoder's final state (one per layer), and the teacher-forcing loop over ``step``."""
 
     def __init__(self, config: Seq2SeqConfig, input_dim: int) -> None:
         super().__init__()
@@ -253,7 +253,7 @@ class _RecurrentDecoder(nn.Module):
         raise NotImplementedError
 
     def forward(self, emb: Tensor, state: Seq2SeqState) -> tuple[Tensor, Tensor, Seq2SeqState]:
-        """Teacher forcing: run :meth:`step` over ``emb`` ``(B, T, E)`` -> readouts ``(B, T, H)``, attention ``(B, T, S)``."""
+        """Teacher forcing: run ``step`` over ``emb`` ``(B, T, E)`` -> readouts ``(B, T, H)``, attention ``(B, T, S)``."""
         readouts, attns = [], []
         for t in range(emb.shape[1]):
             readout, attn, state = self.step(emb[:, t], state)

@@ -14,6 +14,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from attn_tutorial import attention as attention_module
 from attn_tutorial.attention import (
     AdditiveScore,
     Attention,
@@ -257,6 +258,25 @@ def test_sdpa_fully_masked_row_gives_zero_weights_and_output():
     assert torch.equal(fast[1, 2], torch.zeros(6, dtype=out.dtype))
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("requires_grad", [False, True])
+def test_torch_cpu_sdpa_returns_zeros_for_fully_masked_rows(dtype, requires_grad):
+    """The assumption behind attention._CPU_SDPA_ZEROES_EMPTY_ROWS, checked on the installed PyTorch."""
+    if not attention_module._CPU_SDPA_ZEROES_EMPTY_ROWS:
+        pytest.skip("PyTorch < 2.5: fused_attention checks for fully masked rows itself")
+    for shape in [(2, 3, 5, 8), (1, 2, 40, 16)]:  # a tiny and a larger problem (different CPU kernels)
+        q = randn(*shape, dtype=dtype).requires_grad_(requires_grad)
+        k, v = randn(*shape, dtype=dtype, seed=1), randn(*shape, dtype=dtype, seed=2)
+        mask = random_mask(shape[0], 1, shape[2], shape[2], seed=3)
+        mask[0, 0, 1] = False  # one query sees nothing
+        key_padding = torch.ones(shape[0], 1, 1, shape[2], dtype=torch.bool)
+        key_padding[-1] = False  # a whole sequence of padding
+        for m in (mask, key_padding):
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=m)
+            empty = ~m.any(-1)  # (..., Lq or 1)
+            assert torch.equal(out[empty.expand(out.shape[:-1])], torch.zeros_like(out[empty.expand(out.shape[:-1])]))
+
+
 def test_fused_attention_repairs_a_backend_that_returns_nan(monkeypatch):
     """Some fused kernels (older PyTorch, some GPU backends) return NaN for fully masked rows."""
     original = F.scaled_dot_product_attention
@@ -268,6 +288,7 @@ def test_fused_attention_repairs_a_backend_that_returns_nan(monkeypatch):
         return out
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", nan_on_empty_rows)
+    monkeypatch.setattr(attention_module, "_CPU_SDPA_ZEROES_EMPTY_ROWS", False)  # behave as on such a backend
     q, k, v = randn(2, 3, 4), randn(2, 5, 4, seed=1), randn(2, 5, 6, seed=2)
     mask = random_mask(2, 3, 5, seed=3)
     mask[0, 1] = False

@@ -48,14 +48,11 @@ def test_a_command_is_required(capsys: pytest.CaptureFixture[str]) -> None:
     assert exc.value.code == 2
 
 
-def test_console_script_and_module_entry_points_run() -> None:
-    script = Path(sys.executable).parent / "attn-tutorial"
-    commands = [[sys.executable, "-m", "attn_tutorial", "--version"]]
-    if script.exists() or shutil.which("attn-tutorial"):
-        commands.append([str(script if script.exists() else "attn-tutorial"), "--version"])
-    for cmd in commands:
-        done = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=60)
-        assert done.stdout.strip() == f"attn-tutorial {__version__}"
+def test_module_entry_point_runs() -> None:
+    # The console script itself is run by test_console_script_translates_from_stdin below.
+    done = subprocess.run([sys.executable, "-m", "attn_tutorial", "--version"], capture_output=True, text=True,
+                          check=True, timeout=60)
+    assert done.stdout.strip() == f"attn-tutorial {__version__}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,9 +276,13 @@ def test_train_multi30k_slice_trains_a_joint_bpe_on_train_only(tmp_path: Path, m
 
 def test_console_script_translates_from_stdin(model_dir: Path) -> None:
     script = Path(sys.executable).parent / "attn-tutorial"
-    cmd = [str(script)] if script.exists() else [sys.executable, "-m", "attn_tutorial"]
+    found = str(script) if script.exists() else shutil.which("attn-tutorial")
+    if found is None:
+        pytest.skip("the attn-tutorial console script is not installed (pip install -e .)")
+    # In a C locale without UTF-8 mode the command still reads and writes UTF-8.
     done = subprocess.run(
-        [*cmd, "translate", "--model", str(model_dir), "--threads", "1", "--max-len", "12"],
-        input="1 March 1999\n\n", capture_output=True, text=True, check=True, timeout=120,
+        [found, "translate", "--model", str(model_dir), "--threads", "1", "--max-len", "12"],
+        input="1 März 1999\n\n", capture_output=True, text=True, check=True, timeout=120,
+        env={**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""},
     )
     assert done.stdout.count("\n") == 2 and done.stdout.endswith("\n\n")
