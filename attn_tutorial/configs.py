@@ -258,6 +258,7 @@ def _multi30k(name: str, description: str, **model: Any) -> Recipe:
         model={**_GRU_MULTI30K, **model},
         train=_TRAIN_MULTI30K,
         tags=("part3", "multi30k", "gru"),
+        checkpoint_every_steps=50,  # steps take seconds on a CPU: lose at most a few minutes to a crash
     )
 
 
