@@ -17,11 +17,11 @@ model class) and its recipes to :data:`RECIPES`; nothing else changes. Variants 
 
 Why these defaults for Multi30K (German to English, 29k pairs, about 0.4M target tokens per epoch,
 two CPU cores): a joint BPE of 8k pieces with one embedding table shared by encoder, decoder and the
-output layer (``share_embeddings`` + ``tie_embeddings`` {cite}`press2017tying`) keeps the model small
+output layer (``share_embeddings`` + ``tie_embeddings`` :cite:p:`press2017tying`) keeps the model small
 where it costs most (the vocabulary). The GRU has 384 units: with 512 the Bahdanau model has 9.5M
 parameters, 18 MiB in float16, over the 16 MiB a model shipped inside the package may take; with 384
 the three models have 5.8-6.5M parameters (at most 12.5 MiB) and need fewer operations per step.
-Dropout 0.3 and label smoothing 0.1 {cite}`vaswani2017` fight over-fitting of a 29k-sentence corpus;
+Dropout 0.3 and label smoothing 0.1 :cite:p:`vaswani2017` fight over-fitting of a 29k-sentence corpus;
 Adam at ``1e-3`` with a warmup of about one epoch (150 steps of about 2,700 target tokens) and a cosine
 decay over ten epochs.
 """
@@ -56,10 +56,10 @@ __all__ = [
 
 #: Data sets a recipe can train on.
 DATASETS = ("multi30k", "dates")
-#: Tokenizers a recipe can use: a joint BPE trained on the training split, or characters.
+#: Tokenizers a recipe can use, a joint BPE trained on the training split, or characters.
 TOKENIZER_KINDS = ("bpe", "char")
 
-#: Model kinds: name -> (config dataclass, model class). The config takes the vocabulary size as
+#: Model kinds, name -> (config dataclass, model class). The config takes the vocabulary size as
 #: ``src_vocab_size`` (one joint vocabulary); everything else comes from ``Recipe.model``.
 MODEL_KINDS: dict[str, tuple[type, Callable[[Any], nn.Module]]] = {
     "seq2seq": (Seq2SeqConfig, Seq2Seq),
@@ -138,7 +138,7 @@ class Recipe:
     ``model`` holds the keyword arguments of ``MODEL_KINDS[model_kind]``'s config class except the
     vocabulary size; it is checked on construction by building that config with a placeholder
     vocabulary. ``train`` has no ``checkpoint_dir`` (the CLI sets it to ``OUT/checkpoints``); the run
-    then checkpoints every ``checkpoint_every_steps`` steps (``None``: at the end of every epoch). Serialise with :meth:`to_dict`, restore with :meth:`from_dict`.
+    then checkpoints every ``checkpoint_every_steps`` steps (``None``: at the end of every epoch). Serialise with :meth:`Recipe.to_dict`, restore with :meth:`Recipe.from_dict`.
     """
 
     name: str
@@ -172,7 +172,7 @@ class Recipe:
             raise ValueError(f"Recipe.model has a key {config_cls.__name__} does not take ({err}); valid keys: {names}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (inverse: :meth:`from_dict`)."""
+        """A JSON-serialisable dict (inverse: :meth:`Recipe.from_dict`)."""
         return {
             "name": self.name,
             "description": self.description,

@@ -6,10 +6,10 @@ Five parts, each usable on its own:
    ``BOS_ID = 1`` (``"<s>"``), ``EOS_ID = 2`` (``"</s>"``), ``UNK_ID = 3`` (``"<unk>"``).
 2. **Toy tasks**, character level and seeded: date normalisation (:func:`make_date_pairs`, 20
    :data:`DATE_FORMATS` such as ``"saturday 21 november 2026"`` or ``"3-Mar-99"``, all mapped to
-   ISO ``"2026-11-21"``), the attention chapter's classic task {cite}`bahdanau2015`, and sequence
+   ISO ``"2026-11-21"``), the attention chapter's classic task :cite:p:`bahdanau2015`, and sequence
    reversal (:func:`make_reversal_pairs`) for the bottleneck chapter. :class:`CharVocab` maps
    characters to ids.
-3. **Multi30K** {cite}`elliott2016multi30k` (:func:`load_multi30k`): found locally or downloaded,
+3. **Multi30K** :cite:p:`elliott2016multi30k` (:func:`load_multi30k`): found locally or downloaded,
    always verified against the SHA-256 checksums embedded here before use.
 4. **Subword tokens** (:class:`SubwordTokenizer`, :func:`train_bpe`): a joint byte-pair encoding
    trained with HF ``tokenizers`` on the training split only, NFKC-normalised, with a Metaspace
@@ -676,7 +676,7 @@ def read_multi30k(split: str, lang: str, root: str | os.PathLike[str] | None = N
 def load_multi30k(
     split: str, src: str = "de", tgt: str = "en", root: str | os.PathLike[str] | None = None, *, download: bool = True
 ) -> list[tuple[str, str]]:
-    """Aligned ``(source, target)`` sentence pairs of a Multi30K split {cite}`elliott2016multi30k`.
+    """Aligned ``(source, target)`` sentence pairs of a Multi30K split :cite:p:`elliott2016multi30k`.
 
     ``split`` is one of ``MULTI30K_SPLITS`` (train 29,000 pairs, val 1,014, test_2016_flickr
     1,000, test_2017_flickr 1,000); ``src`` and ``tgt`` two different languages of

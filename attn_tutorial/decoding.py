@@ -127,7 +127,7 @@ def decode_length_limits(src_mask: Tensor, max_len_a: float = 2.0, max_len_b: in
 def length_penalty(length: Tensor | int, alpha: float, kind: str = "gnmt") -> Tensor:
     """The divisor :math:`lp(|Y|)` of beam search's ranking score :math:`\\log p(Y \\mid X) / lp(|Y|)`.
 
-    * ``kind="gnmt"``: :math:`lp(|Y|) = ((5 + |Y|) / 6)^\\alpha` ({cite:t}`wu2016gnmt`, eq. 14);
+    * ``kind="gnmt"``: :math:`lp(|Y|) = ((5 + |Y|) / 6)^\\alpha` (:cite:t:`wu2016gnmt`, eq. 14);
     * ``kind="power"``: :math:`lp(|Y|) = |Y|^\\alpha`; ``alpha = 1`` is plain length normalisation
       (the average log-probability per token).
 
@@ -268,7 +268,7 @@ def beam_search(
     Shape:
         ``src`` ``(B, S)`` long, ``src_mask`` ``(B, S)`` bool -> :class:`DecodeResult` with ``B`` entries.
 
-    Reference: beam search for NMT as in {cite:t}`sutskever2014seq2seq`; length penalty of {cite:t}`wu2016gnmt`.
+    Reference: beam search for NMT as in :cite:t:`sutskever2014seq2seq`; length penalty of :cite:t:`wu2016gnmt`.
     """
     _check_inputs(model, src, src_mask)
     if not isinstance(beam_size, int) or isinstance(beam_size, bool) or beam_size < 1:

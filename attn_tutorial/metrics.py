@@ -1,6 +1,6 @@
 """BLEU, done the reproducible way: sacreBLEU on detokenised, cased text, with its signature.
 
-BLEU {cite}`papineni2002bleu` is a corpus-level score: over the whole test set, count the clipped
+BLEU :cite:p:`papineni2002bleu` is a corpus-level score: over the whole test set, count the clipped
 n-gram matches of the hypotheses against the references for n = 1..4, and combine
 
 .. math:: \\mathrm{BLEU} = \\mathrm{BP} \\cdot \\exp\\Big(\\tfrac14 \\sum_{n=1}^{4} \\log p_n\\Big), \\qquad
@@ -9,7 +9,7 @@ n-gram matches of the hypotheses against the references for n = 1..4, and combin
 where :math:`p_n` is the corpus n-gram precision, :math:`c` the hypotheses' total length and
 :math:`r` the references'. The number depends on how text is split into words, on case, and on
 smoothing, so published scores are comparable only when computed the same way: sacreBLEU
-{cite}`post2018sacrebleu` fixes all of it and prints a *signature* such as
+:cite:p:`post2018sacrebleu` fixes all of it and prints a *signature* such as
 ``nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp|version:2.6.0`` that says how.
 
 The classic mistakes, and how this module avoids them: scoring tokenised or BPE-split text (pass
@@ -80,7 +80,7 @@ def corpus_bleu(
     Shape:
         ``hypotheses``: ``N`` strings; ``references``: ``N`` strings, or ``R`` lists of ``N`` strings.
 
-    Reference: {cite}`papineni2002bleu,post2018sacrebleu`.
+    Reference: :cite:p:`papineni2002bleu,post2018sacrebleu`.
     """
     hyps = _check_strings("hypotheses", hypotheses)
     streams = _reference_streams(references, len(hyps))
@@ -120,7 +120,7 @@ def bleu_by_length(
     lowercase: bool = False,
     tokenize: str = "13a",
 ) -> list[LengthBucket]:
-    """Corpus BLEU of the sentences grouped by source length, the plot of {cite}`bahdanau2015` (fig. 2).
+    """Corpus BLEU of the sentences grouped by source length, the plot of :cite:p:`bahdanau2015` (fig. 2).
 
     Source length is the number of ``tokenize`` tokens of the source (punctuation counts). ``buckets``
     are increasing edges: ``(10, 20)`` gives ``[0, 10)``, ``[10, 20)`` and ``[20, inf)``. Each bucket's

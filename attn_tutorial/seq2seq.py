@@ -3,13 +3,13 @@
 All three models share one encoder and differ only in how the decoder looks at the source:
 
 * ``attention="none"``: the decoder sees a single summary vector :math:`c` of the source (the
-  encoder's final bidirectional state), fed at every step, in the style of {cite:t}`cho2014gru`. Every
+  encoder's final bidirectional state), fed at every step, in the style of :cite:t:`cho2014gru`. Every
   source sentence, long or short, must squeeze through that one vector.
-* ``attention="bahdanau"`` {cite}`bahdanau2015`: before computing the new state :math:`s_t`, the
+* ``attention="bahdanau"`` :cite:p:`bahdanau2015`: before computing the new state :math:`s_t`, the
   *previous* state :math:`s_{t-1}` scores every encoder output with an additive score,
   :math:`e_{ts} = v^\\top \\tanh(W s_{t-1} + U \\bar h_s)`; the context
   :math:`c_t = \\sum_s \\alpha_{ts} \\bar h_s` is concatenated to the input embedding of the GRU.
-* ``attention="luong"`` {cite}`luong2015`: the GRU runs first; its *current* state :math:`h_t` queries the
+* ``attention="luong"`` :cite:p:`luong2015`: the GRU runs first; its *current* state :math:`h_t` queries the
   source (``dot``, ``general`` or ``concat`` score, ``global`` or ``local-p``), and the attentional
   hidden state :math:`\\tilde h_t = \\tanh(W_c [c_t; h_t])` predicts the next word. With input feeding
   (on by default) :math:`\\tilde h_{t-1}` is also concatenated to the next input embedding.
@@ -64,7 +64,7 @@ class Seq2SeqConfig:
         luong_mode: ``"global"`` or ``"local-p"`` (Luong section 3.2).
         local_window: half-width ``D`` of the local-p window (``sigma = D / 2``).
         input_feeding: Luong's input feeding of :math:`\\tilde h_{t-1}` (section 3.3).
-        tie_embeddings: share the decoder's input embedding with the output layer {cite}`press2017tying`;
+        tie_embeddings: share the decoder's input embedding with the output layer :cite:p:`press2017tying`;
             a bias-free projection maps the ``hidden_dim`` read-out to ``emb_dim`` first if they differ.
         share_embeddings: encoder and decoder use one embedding table (needs a shared vocabulary).
         pad_id: the padding token id (its embedding is zero and receives no gradient).
@@ -198,7 +198,7 @@ class Encoder(nn.Module):
     Shape:
         ``src_emb`` ``(B, S, E)``, ``lengths`` ``(B,)`` -> ``outputs`` ``(B, S, 2H)``, ``final`` ``(num_layers, B, 2H)``.
 
-    Reference: {cite}`bahdanau2015`, section 3.2.
+    Reference: :cite:p:`bahdanau2015`, section 3.2.
     """
 
     def __init__(self, config: Seq2SeqConfig) -> None:
@@ -279,7 +279,7 @@ class PlainDecoder(_RecurrentDecoder):
         ``step``: ``emb_t`` ``(B, E)`` -> read-out ``(B, H)``, attention ``(B, S)``, new state;
         ``forward``: ``emb`` ``(B, T, E)`` -> read-outs ``(B, T, H)``, attention ``(B, T, S)``, final state.
 
-    Reference: {cite}`cho2014gru`.
+    Reference: :cite:p:`cho2014gru`.
     """
 
     def __init__(self, config: Seq2SeqConfig) -> None:
@@ -317,7 +317,7 @@ class BahdanauDecoder(_RecurrentDecoder):
         ``step``: ``emb_t`` ``(B, E)`` -> read-out ``(B, H)``, attention ``(B, S)``, new state;
         ``forward``: ``emb`` ``(B, T, E)`` -> read-outs ``(B, T, H)``, attention ``(B, T, S)``, final state.
 
-    Reference: {cite}`bahdanau2015`, section 3.1 and appendix A.
+    Reference: :cite:p:`bahdanau2015`, section 3.1 and appendix A.
     """
 
     def __init__(self, config: Seq2SeqConfig) -> None:
@@ -356,7 +356,7 @@ class LuongDecoder(_RecurrentDecoder):
         ``step``: ``emb_t`` ``(B, E)`` -> read-out ``(B, H)``, attention ``(B, S)``, new state;
         ``forward``: ``emb`` ``(B, T, E)`` -> read-outs ``(B, T, H)``, attention ``(B, T, S)``, final state.
 
-    Reference: {cite}`luong2015`, sections 3.1-3.3.
+    Reference: :cite:p:`luong2015`, sections 3.1-3.3.
     """
 
     def __init__(self, config: Seq2SeqConfig) -> None:
@@ -434,7 +434,7 @@ class Seq2Seq(nn.Module):
         ``src`` ``(B, S)`` long, ``src_mask`` ``(B, S)`` bool, ``tgt_in`` ``(B, T)`` long, ``tgt_mask``
         ``(B, T)`` bool -> logits ``(B, T, V)``, attention ``(B, T, S)``.
 
-    Reference: {cite}`bahdanau2015,luong2015`.
+    Reference: :cite:p:`bahdanau2015,luong2015`.
     """
 
     def __init__(self, config: Seq2SeqConfig) -> None:

@@ -1,7 +1,7 @@
 """One training loop for every model in the book: :func:`fit`, its configuration and its checkpoints.
 
 The objective is the token-level cross-entropy of a sequence-to-sequence model with label
-smoothing {cite}`vaswani2017` (section 5.4), averaged over the *real* target tokens of a batch:
+smoothing :cite:p:`vaswani2017` (section 5.4), averaged over the *real* target tokens of a batch:
 
 .. math::
 
@@ -118,7 +118,7 @@ class TrainConfig:
         max_steps: stop after this many optimizer steps in total (``None``: run all epochs).
         lr: peak learning rate, reached at the end of the warmup.
         betas, eps: AdamW's moment decay rates and denominator constant (defaults from
-            {cite}`vaswani2017`, section 5.3).
+            :cite:p:`vaswani2017`, section 5.3).
         weight_decay: AdamW's decoupled weight decay, applied to matrices only (parameters with two
             or more dimensions); biases and normalisation gains are not decayed.
         warmup_steps: the learning rate rises linearly from ``lr / warmup_steps`` to ``lr`` over these steps.
@@ -259,7 +259,7 @@ def lr_at(step: int, config: TrainConfig, total_steps: int | None = None) -> flo
         \\end{cases}
 
     with decay progress ``p = (s - w) / (total_steps - w)`` clipped to ``[0, 1]``. ``inverse_sqrt`` is
-    the schedule of {cite}`vaswani2017` (section 5.3), ``d_model^{-1/2} min(s^{-1/2}, s w^{-3/2})``,
+    the schedule of :cite:p:`vaswani2017` (section 5.3), ``d_model^{-1/2} min(s^{-1/2}, s w^{-3/2})``,
     rescaled so that its peak is ``lr`` (with ``w = 0`` it is ``lr / sqrt(s)``). Step 0 (before any
     update) has learning rate 0 when there is a warmup.
 
@@ -305,7 +305,7 @@ def label_smoothed_cross_entropy(
         \\qquad p = \\mathrm{softmax}(\\text{logits}),
 
     i.e. the cross-entropy against the distribution ``(1 - eps) onehot(y) + eps / V``
-    ({cite}`vaswani2017`, section 5.4; PyTorch's ``cross_entropy(label_smoothing=eps)``).
+    (:cite:p:`vaswani2017`, section 5.4; PyTorch's ``cross_entropy(label_smoothing=eps)``).
     ``reduction="mean"`` divides the sum by the number of real tokens (the loss *per token*, not per
     sentence); ``"sum"`` returns the sum. Computed in at least float32 whatever the logits' dtype.
 
@@ -804,7 +804,7 @@ def average_checkpoints(paths: Sequence[str | os.PathLike[str]]) -> dict[str, Te
     """Element-wise mean of the weights of several checkpoints (e.g. the last five), a state dict.
 
     :math:`\\bar\\theta = \\frac1n \\sum_{i=1}^n \\theta_i` per tensor, computed in float64 and cast back
-    to each tensor's dtype ({cite}`vaswani2017`, section 6.1 averages the last 5 or 20 checkpoints).
+    to each tensor's dtype (:cite:p:`vaswani2017`, section 6.1 averages the last 5 or 20 checkpoints).
     Integer tensors (counters) are taken from the last checkpoint. All checkpoints must have the same
     names and shapes.
     """
@@ -1062,7 +1062,7 @@ def fit(
         each batch: ``src``, ``src_mask`` ``(B, S)``; ``tgt_in``, ``tgt_out``, ``tgt_mask`` ``(B, T)``
         (masks bool, ``True`` = real token); the model's logits ``(B, T, V)``.
 
-    Reference: AdamW (decoupled weight decay), warmup and label smoothing as in {cite}`vaswani2017`,
+    Reference: AdamW (decoupled weight decay), warmup and label smoothing as in :cite:p:`vaswani2017`,
     section 5.
     """
     if not isinstance(config, TrainConfig):

@@ -174,7 +174,7 @@ def temperature_explorer(
     A query and keys are drawn once from :math:`\\mathcal N(0, I)` in ``max_d_k`` dimensions; the
     ``d_k`` slider uses their first ``d_k`` coordinates. The left panel shows
     :math:`\\mathrm{softmax}(q^\\top k_i / T)`, the right :math:`\\mathrm{softmax}(q^\\top k_i / (T\\sqrt{d_k}))`
-    ({cite}`vaswani2017`, section 3.2.1).
+    (:cite:p:`vaswani2017`, section 3.2.1).
 
     Args:
         n_keys: number of keys.
