@@ -175,3 +175,14 @@ def test_api_page_documents_every_public_module() -> None:
         exported = getattr(module, "__all__", [])
         missing = [n for n in exported if getattr(attn_tutorial, n, None) is not getattr(module, n)]
         assert not missing, f"attn_tutorial.{name} names not re-exported from attn_tutorial: {missing}"
+
+
+def test_docstring_citations_use_rest_roles_and_exist() -> None:
+    bib = (ROOT / "book" / "references.bib").read_text()
+    keys = set(re.findall(r"@\w+\{([^,]+),", bib))
+    for path in sorted((ROOT / "attn_tutorial").glob("*.py")):
+        text = path.read_text()
+        # Docstrings are reStructuredText under autodoc: MyST's {cite} would render as literal text.
+        assert "{cite" not in text, f"{path.name}: use :cite:p:`key` in docstrings, not MyST's {{cite}}"
+        cited = {k.strip() for g in re.findall(r":cite:[tp]:`([^`]+)`", text) for k in g.split(",")}
+        assert cited <= keys, f"{path.name} cites unknown keys: {sorted(cited - keys)}"
