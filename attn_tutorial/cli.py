@@ -93,7 +93,7 @@ def _info(args: argparse.Namespace) -> int:
 def load_split(spec: DataSpec, split: str) -> list[tuple[str, str]]:
     """The ``(source, target)`` pairs of ``split`` of a recipe's data set (all of them, no limits).
 
-    Multi30K: one of :data:`~attn_tutorial.data.MULTI30K_SPLITS`; the date task: ``train``, ``val``
+    Multi30K: one of ``attn_tutorial.data.MULTI30K_SPLITS``; the date task: ``train``, ``val``
     or ``test``, regenerated from the recipe's sizes and seed.
     """
     if spec.dataset == "multi30k":

@@ -138,7 +138,7 @@ class Recipe:
     ``model`` holds the keyword arguments of ``MODEL_KINDS[model_kind]``'s config class except the
     vocabulary size; it is checked on construction by building that config with a placeholder
     vocabulary. ``train`` has no ``checkpoint_dir`` (the CLI sets it to ``OUT/checkpoints``); the run
-    then checkpoints every ``checkpoint_every_steps`` steps (``None``: at the end of every epoch). Serialise with :meth:`Recipe.to_dict`, restore with :meth:`Recipe.from_dict`.
+    then checkpoints every ``checkpoint_every_steps`` steps (``None``: at the end of every epoch). Serialise with ``Recipe.to_dict``, restore with ``Recipe.from_dict``.
     """
 
     name: str
@@ -172,7 +172,7 @@ class Recipe:
             raise ValueError(f"Recipe.model has a key {config_cls.__name__} does not take ({err}); valid keys: {names}") from None
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-serialisable dict (inverse: :meth:`Recipe.from_dict`)."""
+        """A JSON-serialisable dict (inverse: ``Recipe.from_dict``)."""
         return {
             "name": self.name,
             "description": self.description,
