@@ -38,8 +38,10 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -837,21 +839,24 @@ def export_fp16(
 
     Floating tensors are rounded to float16 (round to nearest: relative error at most ``2**-11``);
     integer tensors are kept. The file's safetensors header metadata holds the model class, model
-    config, tokenizer record, step and source git commit (JSON strings); tied tensors are stored once.
+    config, tokenizer record, step and source git commit (JSON strings). Tied tensors (one tensor under
+    several names, e.g. shared embeddings and output projection) are stored once, under their first
+    name; the header's ``aliases`` maps every other name to it and :func:`load_exported` restores them.
     Raises ``ValueError`` if a weight overflows float16 or the file would exceed ``max_bytes``
     (16 MiB by default; ``None`` = no limit). Written atomically. Read it back with :func:`load_exported`.
     """
     ckpt = load_checkpoint(checkpoint_dir, load_training_state=False)
-    half: dict[str, Tensor] = {}
-    for k, v in ckpt.weights.items():
+    # Untie *before* converting: each conversion makes a new tensor, which would hide the ties.
+    distinct, aliases = _untie(ckpt.weights)
+    stored: dict[str, Tensor] = {}
+    for k, v in distinct.items():
         if v.is_floating_point():
             h = v.to(torch.float16)
             if bool((torch.isinf(h) & torch.isfinite(v)).any()):
                 raise ValueError(f"{k!r} has values beyond float16's range (|x| > 65504); cannot export it to fp16")
-            half[k] = h
+            stored[k] = h
         else:
-            half[k] = v
-    stored, aliases = _untie(half)
+            stored[k] = v
     meta = ckpt.metadata
     header = {
         "format": _FORMAT + ".fp16",
@@ -879,8 +884,9 @@ def load_exported(
 ) -> Checkpoint:
     """Read a file written by :func:`export_fp16`; floating tensors are cast to ``dtype`` (``None``: keep fp16).
 
-    ``metadata`` holds the decoded header (``model_config``, ``tokenizer``, ``step``...). If ``model`` is
-    given its weights are replaced.
+    ``metadata`` holds the decoded header (``model_config``, ``tokenizer``, ``step``...). Tied tensors,
+    stored once, come back under every name of the original state dict (the aliases are the very same
+    tensor), so ``model.load_state_dict`` is strict. If ``model`` is given its weights are replaced.
     """
     path = Path(path)
     with safe_open(str(path), framework="pt") as f:
@@ -1008,6 +1014,48 @@ def _total_steps(per_epoch: int | None, config: TrainConfig) -> int | None:
     return config.max_steps if by_epochs is None else min(config.max_steps, by_epochs)
 
 
+class _Interrupts:
+    """SIGINT and SIGTERM during :func:`fit`, held until the current step is complete.
+
+    Installed (main thread only, and only over the default handlers) for the duration of the loop:
+    a signal sets ``pending`` and :meth:`settle`, called where the training state is consistent,
+    raises ``KeyboardInterrupt`` (SIGTERM too, so that one ``except`` writes the final checkpoint).
+    A second signal before that raises at once (a step that hangs can still be interrupted).
+    """
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for sig, default in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL)):
+                if signal.getsignal(sig) is default:  # leave ignored signals and custom handlers alone
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
+        self._previous.clear()
+
+    @staticmethod
+    def _error(signum: int) -> KeyboardInterrupt:
+        return KeyboardInterrupt(f"training interrupted by {signal.Signals(signum).name}")
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.pending is None:
+            self.pending = signum
+            return
+        raise self._error(signum)
+
+    def settle(self) -> None:
+        """Raise the held interrupt, if any (call only where a checkpoint would be exact)."""
+        if self.pending is not None:
+            signum, self.pending = self.pending, None
+            raise self._error(signum)
+
+
 def _resolve_resume(resume_from: str | os.PathLike[str]) -> Path:
     path = Path(resume_from)
     if (path / CHECKPOINT_JSON).is_file():
@@ -1055,6 +1103,13 @@ def fit(
     * ``callbacks`` are called with a :class:`TrainEvent` after every step and evaluation; returning
       ``True`` stops training.
     * ``tokenizer`` (a path, JSON or ``tokenizers.Tokenizer``) is recorded in every checkpoint.
+    * Interrupting (``KeyboardInterrupt``: Ctrl-C, a notebook's interrupt, or SIGTERM, which
+      ``fit`` turns into one while it runs in the main thread) writes a final checkpoint at the
+      current step (when ``checkpoint_dir`` is set) and re-raises, so resuming loses nothing and
+      still ends with the weights of an uninterrupted run. A signal is honoured at the end of the
+      step it arrives in; a second one interrupts at once. An interrupt raised where the state is not
+      that of a whole step (inside the update, or before that step's evaluation has run, e.g. by a
+      step callback when an evaluation is due) writes no checkpoint: the last one stays the newest.
 
     The model is moved to the chosen device and left in the mode (train/eval) it came in.
 
@@ -1139,7 +1194,10 @@ def fit(
         }
         return TrainingState(tensors=tensors, scalars=scalars)
 
+    last_saved: int | None = None  # the step of the last checkpoint this call wrote
+
     def checkpoint(epoch: int, step_in_epoch: int, epoch_rng: tuple[dict[str, Tensor], dict[str, Any]]) -> None:
+        nonlocal last_saved
         if ckpt_root is None:
             return
         history.wall_time = wall_before + (time.perf_counter() - t_start)
@@ -1154,6 +1212,7 @@ def fit(
             training_state=training_state(epoch, step_in_epoch, epoch_rng),
             extra={"step_in_epoch": step_in_epoch},
         )
+        last_saved = step
         _rotate(ckpt_root, config.keep_last_n)
 
     def run_eval(epoch: int) -> bool:
@@ -1180,9 +1239,15 @@ def fit(
     t_start = time.perf_counter()
     bar = tqdm(total=total_steps, initial=step, disable=not config.progress, desc="train", unit="step", dynamic_ncols=True)
     stop = history.stopped_early or (config.max_steps is not None and step >= config.max_steps)
+    # The (epoch, step_in_epoch, epoch_rng) a checkpoint written right now would resume from exactly,
+    # or None in the middle of a step (an interrupt there writes no checkpoint).
+    resumable: tuple[int, int, tuple[dict[str, Tensor], dict[str, Any]]] | None = None
+    interrupts = _Interrupts()
     model.train()
     try:
+        interrupts.__enter__()
         for epoch in range(start_epoch, config.epochs):
+            resumable = None
             if stop:
                 break
             resuming_mid_epoch = resume_rng is not None and skip > 0
@@ -1206,6 +1271,7 @@ def fit(
             resume_rng = None
             t_last = time.perf_counter()
             for batch in iterator:
+                resumable = None
                 step += 1
                 step_in_epoch += 1
                 lr = lr_at(step, config, total_steps)
@@ -1240,13 +1306,17 @@ def fit(
                 history.lr.append(lr)
                 history.grad_norm.append(grad_norm)
                 history.tokens_per_sec.append(n_tokens / max(now - t_last, 1e-9))
+                eval_due = val_batches is not None and config.eval_every != "epoch" and step % int(config.eval_every) == 0
+                if not eval_due:  # the step is complete; with an evaluation due, only once that has run
+                    resumable = (epoch, step_in_epoch, epoch_rng)
                 bar.update(1)
                 if step % config.log_every == 0 or step == 1:
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", refresh=False)
                 event = TrainEvent("step", step, epoch, loss_value, history, model)
                 stop = any([bool(cb(event)) for cb in callbacks])
-                if val_batches is not None and config.eval_every != "epoch" and step % int(config.eval_every) == 0:
+                if eval_due:
                     stop = run_eval(epoch) or stop
+                    resumable = (epoch, step_in_epoch, epoch_rng)
                 if config.max_steps is not None and step >= config.max_steps:
                     stop = True
                 if stop and step_in_epoch != per_epoch:  # stopping in the middle of an epoch
@@ -1255,12 +1325,14 @@ def fit(
                 every = config.checkpoint_every_steps
                 if not stop and every is not None and step % every == 0:
                     checkpoint(epoch, step_in_epoch, epoch_rng)
+                interrupts.settle()  # a signal that arrived during this step stops here
                 if stop:  # on the epoch's last batch: finish the epoch below first
                     break
                 t_last = time.perf_counter()
             if stop and step_in_epoch != per_epoch:
                 break
             # The epoch ran to its end (or stops on its last batch).
+            resumable = None  # its evaluation and checkpoint are still to come
             if step_in_epoch == 0:
                 raise ValueError(
                     f"train_batches yielded no batches in epoch {epoch}; pass a re-iterable (a list, or an "
@@ -1268,9 +1340,19 @@ def fit(
                 )
             if val_batches is not None and config.eval_every == "epoch":
                 stop = run_eval(epoch) or stop
+            next_epoch = (epoch + 1, 0, _capture_rng("rng.epoch_start"))
             if stop or epoch == config.epochs - 1 or config.checkpoint_every_steps is None:
-                checkpoint(epoch + 1, 0, _capture_rng("rng.epoch_start"))
+                checkpoint(*next_epoch)
+            resumable = next_epoch
+            interrupts.settle()  # a signal during the epoch's evaluation stops here, between epochs
+        interrupts.settle()  # a signal during the last step: the final checkpoint is written
+    except KeyboardInterrupt:
+        interrupts.__exit__()
+        if resumable is not None and ckpt_root is not None and last_saved != step:
+            checkpoint(*resumable)
+        raise
     finally:
+        interrupts.__exit__()
         bar.close()
         history.wall_time = wall_before + (time.perf_counter() - t_start)
         model.train(was_training)

@@ -11,6 +11,7 @@ import json
 import math
 import os
 import random
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors import safe_open
 from safetensors.torch import load_file
 from torch import Tensor, nn
 
@@ -685,6 +687,125 @@ def test_export_fp16_is_within_fp16_rounding(tmp_path: Path) -> None:
     save_checkpoint(tmp_path / "big", model)
     with pytest.raises(ValueError, match="float16's range"):
         export_fp16(tmp_path / "big", tmp_path / "x.safetensors")
+
+
+class TiedTiny(TinySeq2Seq):
+    """One matrix for source embedding, target embedding and output projection (as shared+tied models do)."""
+
+    def __init__(self, config: TinyConfig = TinyConfig()) -> None:
+        super().__init__(config)
+        self.tgt_emb.weight = self.src_emb.weight
+        self.out.weight = self.src_emb.weight  # (V, d), like the embeddings
+
+
+def test_export_fp16_stores_tied_weights_once_and_restores_the_tie(tmp_path: Path) -> None:
+    cfg = TinyConfig(vocab=1000, d=64)
+    torch.manual_seed(0)
+    model = TiedTiny(cfg)
+    save_checkpoint(tmp_path / "c", model)
+    out = export_fp16(tmp_path / "c", tmp_path / "tied.safetensors")
+    distinct_numel = sum(p.numel() for p in model.parameters())  # parameters() yields a shared one once
+    by_name_numel = sum(v.numel() for v in model.state_dict().values())
+    assert by_name_numel - distinct_numel == 2 * cfg.vocab * cfg.d  # the test means something
+    # float16 payload of the distinct tensors plus a small JSON header (well under 4 KiB here)
+    assert abs(out.stat().st_size - 2 * distinct_numel) < 4096
+    with safe_open(str(out), framework="pt") as f:
+        assert json.loads(f.metadata()["aliases"]) == {"tgt_emb.weight": "src_emb.weight", "out.weight": "src_emb.weight"}
+        assert sorted(f.keys()) == ["norm.bias", "norm.weight", "out.bias", "src_emb.weight"]
+
+    torch.manual_seed(1)
+    fresh = TiedTiny(cfg)
+    loaded = load_exported(out, fresh)  # load_state_dict is strict
+    assert loaded.weights["out.weight"] is loaded.weights["src_emb.weight"]  # aliases are the same tensor
+    for name, value in fresh.state_dict().items():  # every name, aliases included: the fp16 rounding of the original
+        torch.testing.assert_close(value, model.state_dict()[name].half().float(), rtol=0, atol=0)
+    # The tie is intact: still one Parameter, so training updates all three names together.
+    assert fresh.tgt_emb.weight is fresh.src_emb.weight and fresh.out.weight is fresh.src_emb.weight
+    # An untied model of the same shape loads it too, with equal (not shared) copies.
+    untied = TinySeq2Seq(cfg)
+    load_exported(out, untied)
+    assert untied.out.weight is not untied.src_emb.weight
+    assert torch.equal(untied.out.weight, untied.src_emb.weight) and torch.equal(untied.tgt_emb.weight, untied.src_emb.weight)
+
+
+@pytest.mark.parametrize("stop_at", [4, 5, 6])  # 4: an epoch's last batch; 5: mid-epoch; 6: an evaluation is due
+def test_keyboard_interrupt_writes_a_checkpoint_that_resumes_exactly(tmp_path: Path, stop_at: int) -> None:
+    train, val = make_batches(4, 0), make_batches(2, 1)
+    cfg = dataclasses.replace(BASE, early_stopping_patience=50)  # eval_every=3, 4 batches per epoch
+    straight = fresh_model(0)
+    h_straight = fit(straight, GlobalRngShuffled(train), val, cfg)
+
+    def interrupt(event: Any) -> None:
+        if event.kind == "step" and event.step == stop_at:
+            raise KeyboardInterrupt
+
+    ckpt_dir = tmp_path / "run"
+    cfg = dataclasses.replace(cfg, checkpoint_dir=str(ckpt_dir), keep_last_n=None)  # checkpoints at epoch ends
+    with pytest.raises(KeyboardInterrupt):
+        fit(fresh_model(0), GlobalRngShuffled(train), val, cfg, callbacks=[interrupt])
+    # Step 6 is interrupted before its evaluation ran: no exact checkpoint exists, the epoch-end one stays newest.
+    expected = 4 if stop_at == 6 else stop_at
+    latest = latest_checkpoint(ckpt_dir)
+    assert latest == ckpt_dir / f"step-{expected:08d}" and (latest / CHECKPOINT_JSON).is_file()
+    ckpt = load_checkpoint(latest)
+    assert ckpt.step == expected and ckpt.training_state is not None
+    assert ckpt.training_state.scalars["position"]["global_step"] == expected
+    assert History.from_dict(ckpt.metadata["history"]).step == list(range(1, expected + 1))
+
+    set_seed(12345)
+    resumed = fresh_model(99)
+    h_resumed = fit(resumed, GlobalRngShuffled(train), val, cfg, resume_from=ckpt_dir)
+    assert_same_weights(weights(straight), weights(resumed))  # rtol=0, atol=0
+    assert h_resumed.train_loss == h_straight.train_loss and h_resumed.lr == h_straight.lr
+    assert h_resumed.eval_step == h_straight.eval_step and h_resumed.val_loss == h_straight.val_loss
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_fit_after_the_step_with_a_checkpoint(tmp_path: Path, signum: int) -> None:
+    default = signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler
+    if signal.getsignal(signum) is not default:
+        pytest.skip(f"{signal.Signals(signum).name} has a custom handler here; fit leaves those alone")
+    train = make_batches(4, 0)
+    cfg = dataclasses.replace(BASE, checkpoint_dir=str(tmp_path), keep_last_n=None)
+    straight = fresh_model(0)
+    fit(straight, EpochShuffled(train), None, dataclasses.replace(cfg, checkpoint_dir=None))
+
+    def send(event: Any) -> None:
+        if event.step == 6:
+            os.kill(os.getpid(), signum)  # arrives in the middle of step 6's bookkeeping
+
+    with pytest.raises(KeyboardInterrupt, match=signal.Signals(signum).name):
+        fit(fresh_model(0), EpochShuffled(train), None, cfg, callbacks=[send])
+    assert signal.getsignal(signum) is default  # fit put the previous handler back
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-00000006"
+    resumed = fresh_model(3)
+    fit(resumed, EpochShuffled(train), None, cfg, resume_from=tmp_path)
+    assert_same_weights(weights(straight), weights(resumed))  # rtol=0, atol=0
+
+
+def test_a_signal_during_the_epoch_end_evaluation_checkpoints_between_epochs(tmp_path: Path) -> None:
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("SIGTERM has a custom handler here; fit leaves those alone")
+    train, val = make_batches(4, 0), make_batches(2, 1)
+    cfg = dataclasses.replace(BASE, eval_every="epoch", early_stopping_patience=50)
+    straight = fresh_model(0)
+    fit(straight, GlobalRngShuffled(train), val, cfg)
+
+    def send(event: Any) -> None:
+        if event.kind == "eval" and event.step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    # checkpoint_every_steps=3: no regular checkpoint at the end of epoch 0 (step 4), only at step 3
+    cfg = dataclasses.replace(cfg, checkpoint_dir=str(tmp_path), checkpoint_every_steps=3, keep_last_n=None)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        fit(fresh_model(0), GlobalRngShuffled(train), val, cfg, callbacks=[send])
+    ckpt = load_checkpoint(tmp_path / "step-00000004")
+    assert ckpt.training_state is not None
+    assert ckpt.training_state.scalars["position"] == {"epoch": 1, "step_in_epoch": 0, "global_step": 4}
+    resumed = fresh_model(5)
+    h = fit(resumed, GlobalRngShuffled(train), val, cfg, resume_from=tmp_path)
+    assert h.eval_step == [4, 8, 12]  # the epoch-0 evaluation is neither lost nor repeated
+    assert_same_weights(weights(straight), weights(resumed))  # rtol=0, atol=0
 
 
 def test_no_pickle_anywhere_in_a_training_checkpoint(tmp_path: Path) -> None:
