@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .attention import AdditiveScore, Attention, DotProductScore, GeneralScore, LocalPAttention, padding_mask
+from .attention import AdditiveScore, Attention, DotProductScore, GeneralScore, LocalPAttention, masked_softmax, padding_mask
 
 from .data import PAD_ID
 
@@ -66,6 +66,10 @@ class Seq2SeqConfig:
         input_feeding: Luong's input feeding of :math:`\\tilde h_{t-1}` (section 3.3).
         tie_embeddings: share the decoder's input embedding with the output layer :cite:p:`press2017tying`;
             a bias-free projection maps the ``hidden_dim`` read-out to ``emb_dim`` first if they differ.
+            The tied (and, with ``share_embeddings``, shared) table is initialised from
+            :math:`\\mathcal N(0, 1/\\text{emb\\_dim})` instead of PyTorch's :math:`\\mathcal N(0, 1)`, so that
+            a fresh model's logits are :math:`O(1)` and its loss starts near :math:`\\ln V` (the scale that
+            :cite:t:`vaswani2017` imply by multiplying tied embeddings by :math:`\\sqrt{d}`).
         share_embeddings: encoder and decoder use one embedding table (needs a shared vocabulary).
         pad_id: the padding token id (its embedding is zero and receives no gradient).
     """
@@ -139,6 +143,8 @@ class Seq2SeqState:
         feed: ``(B, F)`` or ``None``: the source summary :math:`c` (``attention="none"``, ``F = 2H``),
             the previous attentional state :math:`\\tilde h_{t-1}` (Luong with input feeding, ``F = H``),
             ``None`` otherwise.
+        keys: ``(B, S, H)`` or ``None``: Bahdanau's key projection :math:`U \\bar h_s` of ``memory``, computed
+            once per sentence in ``encode`` instead of at every decoder step (it does not depend on the step).
         step: number of target tokens consumed so far (an int, the same for every row).
     """
 
@@ -147,6 +153,7 @@ class Seq2SeqState:
     src_mask: Tensor
     src_lengths: Tensor
     feed: Tensor | None = None
+    keys: Tensor | None = None
     step: int = 0
 
     def reorder(self, indices: Tensor) -> Seq2SeqState:
@@ -166,6 +173,7 @@ class Seq2SeqState:
             src_mask=self.src_mask.index_select(0, indices),
             src_lengths=self.src_lengths.index_select(0, indices),
             feed=None if self.feed is None else self.feed.index_select(0, indices),
+            keys=None if self.keys is None else self.keys.index_select(0, indices),
         )
 
     @property
@@ -255,8 +263,8 @@ class _RecurrentDecoder(nn.Module):
     def forward(self, emb: Tensor, state: Seq2SeqState) -> tuple[Tensor, Tensor, Seq2SeqState]:
         """Teacher forcing: run ``step`` over ``emb`` ``(B, T, E)`` -> readouts ``(B, T, H)``, attention ``(B, T, S)``."""
         readouts, attns = [], []
-        for t in range(emb.shape[1]):
-            readout, attn, state = self.step(emb[:, t], state)
+        for emb_t in emb.unbind(1):  # unbind, not emb[:, t]: its backward is one stack, not T zero-filled copies
+            readout, attn, state = self.step(emb_t, state)
             readouts.append(readout)
             attns.append(attn)
         B, S = state.src_mask.shape
@@ -311,7 +319,9 @@ class BahdanauDecoder(_RecurrentDecoder):
         o_t = \\tanh(W_o [s_t; c_t; e(y_{t-1})])
 
     :math:`s_{t-1}` is the top GRU layer; padding gets weight 0. (The paper's maxout read-out is
-    replaced by ``tanh``.)
+    replaced by ``tanh``.) The keys :math:`U \\bar h_s` do not depend on :math:`t`: ``init_state`` computes
+    them once per sentence (``state.keys``) and every step reuses them, which saves a
+    ``(B, S, 2H) x (2H, H)`` product per step; :meth:`attend` is ``self.attention`` on those cached keys.
 
     Shape:
         ``step``: ``emb_t`` ``(B, E)`` -> read-out ``(B, H)``, attention ``(B, S)``, new state;
@@ -326,16 +336,27 @@ class BahdanauDecoder(_RecurrentDecoder):
         self.readout = nn.Linear(config.hidden_dim + config.enc_dim + config.emb_dim, config.hidden_dim)
 
     def init_state(self, enc_out: Tensor, final: Tensor, src_mask: Tensor, lengths: Tensor) -> Seq2SeqState:
-        return Seq2SeqState(self.initial_hidden(final), enc_out, src_mask, lengths)
+        keys = self.attention.score.w_k(enc_out)  # (B, S, H): U h_s, once per sentence
+        return Seq2SeqState(self.initial_hidden(final), enc_out, src_mask, lengths, keys=keys)
+
+    def attend(self, query: Tensor, state: Seq2SeqState) -> tuple[Tensor, Tensor]:
+        """Context and weights for queries ``query`` ``(B, H)`` from the cached keys; mask ``True`` = real token.
+
+        Shape:
+            ``query`` ``(B, H)`` -> ``context`` ``(B, 2H)``, ``weights`` ``(B, S)``.
+        """
+        score = self.attention.score
+        assert state.keys is not None
+        e = score.v(torch.tanh(score.w_q(query).unsqueeze(1) + state.keys)).squeeze(-1)  # (B, S): v^T tanh(W s + U h_s)
+        weights = self.attention.dropout(masked_softmax(e, state.src_mask))  # (B, S)
+        return (weights.unsqueeze(1) @ state.memory).squeeze(1), weights  # (B, 2H), (B, S)
 
     def step(self, emb_t: Tensor, state: Seq2SeqState) -> tuple[Tensor, Tensor, Seq2SeqState]:
-        query = state.hidden[-1].unsqueeze(1)  # (B, 1, H): s_{t-1}, top layer
-        context, attn = self.attention(query, state.memory, state.memory, state.src_mask[:, None, :])  # (B, 1, 2H), (B, 1, S)
-        c_t = context.squeeze(1)
+        c_t, attn = self.attend(state.hidden[-1], state)  # query s_{t-1}, top layer: (B, 2H), (B, S)
         out, hidden = self.rnn(torch.cat([emb_t, c_t], -1).unsqueeze(1), state.hidden)  # (B, 1, H)
         s_t = out.squeeze(1)
         readout = torch.tanh(self.readout(torch.cat([s_t, c_t, emb_t], -1)))  # (B, H)
-        return readout, attn.squeeze(1), replace(state, hidden=hidden, step=state.step + 1)
+        return readout, attn, replace(state, hidden=hidden, step=state.step + 1)
 
 
 class LuongDecoder(_RecurrentDecoder):
@@ -456,6 +477,11 @@ class Seq2Seq(nn.Module):
         self.generator = nn.Linear(c.emb_dim if c.tie_embeddings else c.hidden_dim, c.tgt_vocab)
         if c.tie_embeddings:
             self.generator.weight = self.tgt_embed.weight
+            # PyTorch's N(0, 1) rows would give initial logits of std ~sqrt(emb_dim) and a starting loss far
+            # above ln V; std emb_dim**-0.5 keeps them O(1), so a fresh model starts near the uniform guess.
+            nn.init.normal_(self.tgt_embed.weight, std=c.emb_dim**-0.5)
+            with torch.no_grad():
+                self.tgt_embed.weight[c.pad_id].zero_()
 
     # ---- input checks -------------------------------------------------------------------------
 

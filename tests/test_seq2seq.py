@@ -328,3 +328,42 @@ def test_state_repr_is_short() -> None:
     src, src_mask, _, _ = make_batch([3], [1])
     assert isinstance(model.encode(src, src_mask), Seq2SeqState)
     assert repr(model.encode(src, src_mask)).startswith("Seq2SeqState(hidden=(1, 1, 5)")
+
+
+# ---------------------------------------------------------------------------------- speed-ups and initialisation
+
+
+def test_cached_bahdanau_keys_equal_the_uncached_attention() -> None:
+    """encode() projects the keys U h_s once; attending with them equals the generic Attention module,
+    which projects the memory again at every call (float64, atol 1e-12), also after reorder()."""
+    model = make_model("bahdanau-2layers")
+    src, src_mask, tgt, _ = make_batch([5, 1, 3], [4, 4, 4])
+    state = model.encode(src, src_mask)
+    assert state.keys is not None and state.keys.shape == (3, 5, 5)
+    decoder = model.decoder
+    for t in range(3):
+        query = state.hidden[-1]  # s_{t-1}
+        uncached, uncached_w = decoder.attention(query.unsqueeze(1), state.memory, state.memory, state.src_mask[:, None, :])
+        cached, cached_w = decoder.attend(query, state)
+        torch.testing.assert_close(cached, uncached.squeeze(1), rtol=0, atol=1e-12)
+        torch.testing.assert_close(cached_w, uncached_w.squeeze(1), rtol=0, atol=1e-12)
+        _, state, _ = model.decode_step(state, tgt[:, t])
+        state = state.reorder(torch.tensor([2, 0, 1]))
+        torch.testing.assert_close(state.keys, decoder.attention.score.w_k(state.memory), rtol=0, atol=1e-12)
+
+
+def test_fresh_tied_model_starts_near_the_uniform_loss() -> None:
+    """Tied embeddings drawn with std emb_dim**-0.5 give O(1) logits: the first loss is close to ln V
+    (with PyTorch's N(0, 1) table it would be several nats higher)."""
+    V = 400
+    torch.manual_seed(0)
+    cfg = Seq2SeqConfig(src_vocab_size=V, emb_dim=32, hidden_dim=48, share_embeddings=True, tie_embeddings=True)
+    model = Seq2Seq(cfg).eval()
+    assert bool((model.tgt_embed.weight[PAD] == 0).all())
+    torch.testing.assert_close(model.tgt_embed.weight[1:].std().item(), 32**-0.5, rtol=0.05, atol=0)
+    g = torch.Generator().manual_seed(1)
+    src_mask, tgt_mask = padding_mask(torch.full((16,), 9), 9), padding_mask(torch.full((16,), 8), 8)
+    src, tgt_in, tgt_out = (torch.randint(4, V, m.shape, generator=g) for m in (src_mask, tgt_mask, tgt_mask))
+    with torch.no_grad():
+        loss = F.cross_entropy(model(src, src_mask, tgt_in, tgt_mask).transpose(1, 2), tgt_out)
+    assert abs(loss.item() - torch.log(torch.tensor(float(V))).item()) < 0.1, loss.item()
