@@ -31,7 +31,6 @@ import itertools
 import os
 import random
 import string
-import tempfile
 import urllib.request
 from collections.abc import Collection, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -42,7 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .runtime import DATA_ENV_VAR, data_dir
+from .runtime import DATA_ENV_VAR, atomic_write_bytes, data_dir
 
 __all__ = [
     # special tokens
@@ -571,22 +570,6 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file beside ``path``, then ``os.replace`` it into place, so
-    ``path`` is either absent or complete, never half written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _search_dirs(root: str | os.PathLike[str] | None) -> list[Path]:
     dirs: list[Path] = []
     if root is not None:
@@ -655,7 +638,7 @@ def multi30k_path(split: str, lang: str, root: str | os.PathLike[str] | None = N
         raise ChecksumError(
             f"downloaded {url} has SHA-256 {digest}, expected {MULTI30K_SHA256[name]}; nothing was written"
         )
-    _atomic_write(target, data)
+    atomic_write_bytes(target, data)
     return target
 
 
@@ -782,7 +765,7 @@ class SubwordTokenizer:
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the tokenizer as JSON (the ``tokenizers`` library's own format), atomically."""
         path = Path(path)
-        _atomic_write(path, self.tokenizer.to_str(pretty=True).encode("utf-8"))
+        atomic_write_bytes(path, self.tokenizer.to_str(pretty=True).encode("utf-8"))
         return path
 
     @classmethod

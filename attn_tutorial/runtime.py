@@ -7,8 +7,10 @@ answers.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +23,7 @@ __all__ = [
     "autocast_dtype",
     "repo_root",
     "data_dir",
+    "atomic_write_bytes",
 ]
 
 #: Environment variable naming the directory that holds the book's data sets
@@ -111,3 +114,31 @@ def data_dir(create: bool = False) -> Path:
     if create:
         cache.mkdir(parents=True, exist_ok=True)
     return cache
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
+    """Write ``data`` to ``path`` so that ``path`` is either absent/old or complete, never half written.
+
+    The bytes go to a temporary file in the same directory, are flushed to disk, and the file is
+    moved into place with ``os.replace`` (atomic on POSIX and Windows); the directory entry is then
+    synced too. Parent directories are created. Used for downloads, tokenizers and checkpoints.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if os.name == "posix":  # make the rename itself durable
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)

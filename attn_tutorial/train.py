@@ -40,7 +40,6 @@ import re
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import uuid
@@ -58,7 +57,7 @@ from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-from .runtime import autocast_dtype, default_device, repo_root, set_seed
+from .runtime import atomic_write_bytes, autocast_dtype, default_device, repo_root, set_seed
 
 __all__ = [
     "SCHEDULES",
@@ -549,34 +548,8 @@ class Checkpoint:
         return int(self.metadata.get("step") or 0)
 
 
-def _fsync_dir(path: Path) -> None:
-    if os.name != "posix":
-        return
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temporary file next to ``path``, flush it to disk, then ``os.replace`` it."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
-
-
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    _atomic_write_bytes(path, (json.dumps(obj, indent=1, default=str) + "\n").encode())
+    atomic_write_bytes(path, (json.dumps(obj, indent=1, default=str) + "\n").encode())
 
 
 def _untie(tensors: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -617,7 +590,7 @@ def _safetensors_file(directory: Path, kind: str, tensors: Mapping[str, Tensor])
     stored, aliases = _untie(tensors)
     data = safetensors_bytes(stored, metadata={"format": _FORMAT})
     name = f"{kind}-{uuid.uuid4().hex[:12]}.safetensors"
-    _atomic_write_bytes(directory / name, data)
+    atomic_write_bytes(directory / name, data)
     return {"name": name, "sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}, aliases
 
 
@@ -872,7 +845,7 @@ def export_fp16(
         raise ValueError(f"the fp16 export would take {len(data)} bytes, more than max_bytes={max_bytes}")
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write_bytes(out, data)
+    atomic_write_bytes(out, data)
     return out
 
 

@@ -30,14 +30,6 @@ A, B, C = 4, 5, 6  # three "words" after the special ids PAD=0, BOS=1, EOS=2, UN
 V = 7
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ---------------------------------------------------------------------------------- helpers
 
 

@@ -24,15 +24,6 @@ from attn_tutorial.kernel_regression import (
     target_function,
 )
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Every tensor here is tiny; a second thread only adds synchronisation (and spins on a busy CPU)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # Tolerances: float64 computations agree to rounding; float32 to a few ulps of O(1) numbers.
 F64 = dict(rtol=1e-10, atol=1e-12)
 F32 = dict(rtol=1e-5, atol=1e-6)

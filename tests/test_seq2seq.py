@@ -31,15 +31,6 @@ VARIANTS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    """Tiny models run fastest on one thread (two threads on two busy cores oversubscribe badly)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def make_model(variant: str, dtype: torch.dtype = torch.float64, seed: int = 0, **overrides: object) -> Seq2Seq:
     torch.manual_seed(seed)
     options = {**VARIANTS[variant], **overrides}

@@ -151,15 +151,6 @@ def fresh_model(seed: int = 0, dropout: float = 0.3) -> TinySeq2Seq:
     return TinySeq2Seq(TinyConfig(dropout=dropout))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():  # type: ignore[no-untyped-def]
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine threads make them 10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 BASE = TrainConfig(
     epochs=3,
     lr=1e-2,
