@@ -32,7 +32,7 @@ import os
 import random
 import string
 import urllib.request
-from collections.abc import Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -381,6 +381,25 @@ def _resolve_formats(formats: Sequence[DateFormat | str] | None) -> list[DateFor
     return out
 
 
+def _draw_distinct(
+    n: int, draw: Callable[[], tuple[str, str]], exclude: Iterable[str], *, max_attempts: int, what: str
+) -> list[tuple[str, str]]:
+    """Call ``draw()`` until ``n`` pairs with distinct sources (none in ``exclude``) are collected."""
+    exclude = set(exclude)
+    seen = set(exclude)
+    pairs: list[tuple[str, str]] = []
+    for _ in range(max_attempts):
+        if len(pairs) == n:
+            break
+        src, tgt = draw()
+        if src not in seen:
+            seen.add(src)
+            pairs.append((src, tgt))
+    if len(pairs) < n:
+        raise RuntimeError(f"could not draw {n} new distinct {what}; exclude has {len(exclude)} sources")
+    return pairs
+
+
 def make_date_pairs(
     n: int,
     seed: int = 0,
@@ -407,20 +426,12 @@ def make_date_pairs(
             f"the {capacity} possible sources, so that sampling without repeats stays fast)"
         )
     rng = random.Random(seed)
-    seen = set(exclude)
-    pairs: list[tuple[str, str]] = []
-    attempts = 0
-    while len(pairs) < n:
-        attempts += 1
-        if attempts > 20 * n + 1000:
-            raise RuntimeError(f"could not draw {n} new distinct dates; exclude has {len(exclude)} sources")
+
+    def draw() -> tuple[str, str]:
         date = _dt.date.fromordinal(rng.randint(lo, hi))
-        src = format_date(date, rng.choice(fmts))
-        if src in seen:
-            continue
-        seen.add(src)
-        pairs.append((src, date.isoformat()))
-    return pairs
+        return format_date(date, rng.choice(fmts)), date.isoformat()
+
+    return _draw_distinct(n, draw, exclude, max_attempts=20 * n + 1000, what="dates")
 
 
 @dataclass(frozen=True)
@@ -486,19 +497,12 @@ def make_reversal_pairs(
     if n > capacity // 2:
         raise ValueError(f"n={n} is more than half of the {capacity} distinct strings of length {min_len}..{max_len}")
     rng = random.Random(seed)
-    seen = set(exclude)
-    pairs: list[tuple[str, str]] = []
-    attempts = 0
-    while len(pairs) < n:
-        attempts += 1
-        if attempts > 50 * n + 1000:
-            raise RuntimeError(f"could not draw {n} new distinct strings; exclude has {len(exclude)} sources")
+
+    def draw() -> tuple[str, str]:
         s = "".join(rng.choices(chars, k=rng.randint(min_len, max_len)))
-        if s in seen:
-            continue
-        seen.add(s)
-        pairs.append((s, s[::-1]))
-    return pairs
+        return s, s[::-1]
+
+    return _draw_distinct(n, draw, exclude, max_attempts=50 * n + 1000, what="strings")
 
 
 def reversal_dataset(
