@@ -545,20 +545,37 @@ class Seq2Seq(nn.Module):
 
     # ---- teacher forcing ----------------------------------------------------------------------
 
+    #: ``forward`` takes ``logits_mask`` (see :func:`~attn_tutorial.train.token_cross_entropy`).
+    accepts_logits_mask = True
+
     def forward(
-        self, src: Tensor, src_mask: Tensor, tgt_in: Tensor, tgt_mask: Tensor, return_attention: bool = False
+        self,
+        src: Tensor,
+        src_mask: Tensor,
+        tgt_in: Tensor,
+        tgt_mask: Tensor,
+        return_attention: bool = False,
+        logits_mask: Tensor | None = None,
     ) -> Tensor | tuple[Tensor, Tensor]:
         """Teacher-forced logits (see the class docstring). Masks: ``True`` = real token.
 
+        ``logits_mask`` ``(B, T)`` bool: compute the output layer only where it is ``True`` and return
+        those logits flattened, ``(N, V)`` with ``N = logits_mask.sum()``, in row-major order. The
+        output layer is about a third of a training step; padding is a fifth of the positions.
+
         Shape:
             ``src``/``src_mask`` ``(B, S)``, ``tgt_in``/``tgt_mask`` ``(B, T)`` -> logits ``(B, T, V)``
-            [, attention ``(B, T, S)``].
+            (or ``(N, V)`` with ``logits_mask``) [, attention ``(B, T, S)``].
         """
         state = self.encode(src, src_mask)
         self._check_tokens("tgt_in", tgt_in, self.config.tgt_vocab, batch=src.shape[0])
         self._check_mask("tgt_mask", tgt_mask, tgt_in, "tgt_in")
         emb = self.dropout(self.tgt_embed(tgt_in))  # (B, T, E)
         readouts, attn, _ = self.decoder(emb, state)  # (B, T, H), (B, T, S)
+        if logits_mask is not None:
+            if not isinstance(logits_mask, Tensor) or logits_mask.dtype != torch.bool or logits_mask.shape != tgt_in.shape:
+                raise ValueError(f"logits_mask must be a bool tensor of shape {tuple(tgt_in.shape)} (as tgt_in), got {logits_mask!r}")
+            readouts = readouts[logits_mask]  # (N, H)
         logits = self.generator(self.pre_output(self.dropout(readouts)))  # (B, T, V)
         return (logits, attn) if return_attention else logits
 

@@ -358,3 +358,21 @@ def test_fresh_tied_model_starts_near_the_uniform_loss() -> None:
     with torch.no_grad():
         loss = F.cross_entropy(model(src, src_mask, tgt_in, tgt_mask).transpose(1, 2), tgt_out)
     assert abs(loss.item() - torch.log(torch.tensor(float(V))).item()) < 0.1, loss.item()
+
+
+def test_logits_mask_computes_only_real_positions() -> None:
+    """``logits_mask`` returns exactly the rows of the full logits where the mask is True."""
+    torch.manual_seed(0)
+    cfg = Seq2SeqConfig(src_vocab_size=19, emb_dim=8, hidden_dim=12, attention="bahdanau", dropout=0.0)
+    model = Seq2Seq(cfg).eval()
+    src = torch.randint(4, 19, (3, 5))
+    src_mask = torch.arange(5) < torch.tensor([5, 3, 1])[:, None]
+    tgt = torch.randint(4, 19, (3, 4))
+    tgt_mask = torch.arange(4) < torch.tensor([4, 1, 2])[:, None]
+    with torch.no_grad():
+        full = model(src, src_mask, tgt, tgt_mask)
+        picked = model(src, src_mask, tgt, tgt_mask, logits_mask=tgt_mask)
+    assert picked.shape == (int(tgt_mask.sum()), 19)
+    torch.testing.assert_close(picked, full[tgt_mask], atol=1e-6, rtol=1e-6)
+    with pytest.raises(ValueError, match="logits_mask"):
+        model(src, src_mask, tgt, tgt_mask, logits_mask=tgt_mask.long())

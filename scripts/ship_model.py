@@ -1,0 +1,147 @@
+"""Turn a finished ``attn-tutorial train`` run into a model shipped inside the package.
+
+    python scripts/ship_model.py runs/gru-bahdanau --name bahdanau
+    python scripts/ship_model.py runs/transformer --name transformer --average 1,2,3,4,5
+
+1. Weights: the run's exported ``model.safetensors`` (its best or last checkpoint), or, with
+   ``--average``, every candidate "average of the newest N step checkpoints" for the N listed; the
+   candidate with the best *validation* BLEU (beam ``--select-beam``) is kept. Test sets are never
+   used for a choice.
+2. The fp16 file must fit the 16 MiB limit of a shipped model (:data:`attn_tutorial.cli.SHIP_MAX_BYTES`).
+3. ``card.json`` gains ``test_bleu``: sacreBLEU (cased, detokenised, 13a) on test_2016_flickr and
+   test_2017_flickr with greedy decoding and beam 5, computed here with the same code path as
+   ``attn-tutorial evaluate``; ``tests/test_shipped_models.py`` recomputes them from the shipped files.
+
+Writes ``attn_tutorial/pretrained/NAME/`` (model.safetensors, tokenizer.json, card.json).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from attn_tutorial.cli import SHIP_MAX_BYTES
+from attn_tutorial.configs import DataSpec, Recipe, build_model
+from attn_tutorial.data import load_multi30k
+from attn_tutorial.metrics import bleu_signature, corpus_bleu
+from attn_tutorial.pretrained import CARD_FILE, MODEL_FILE, TOKENIZER_FILE, load_pretrained, load_tokenizer, pretrained_root, translate_sentences
+from attn_tutorial.train import average_checkpoints, export_fp16, load_checkpoint, save_checkpoint
+
+#: What the card reports for every shipped model (the test reproduces each entry).
+EVAL_SPLITS = ("test_2016_flickr", "test_2017_flickr")
+EVAL_BEAMS = {"greedy": 1, "beam5": 5}
+
+
+def _bleu(model_dir: Path, split: str, beam: int, spec: DataSpec) -> tuple[float, float]:
+    model, tokenizer, _ = load_pretrained(model_dir)
+    pairs = load_multi30k(split, spec.src_lang, spec.tgt_lang)
+    t0 = time.perf_counter()
+    hyps = translate_sentences(model, tokenizer, [s for s, _ in pairs], beam_size=beam)
+    return corpus_bleu(hyps, [t for _, t in pairs]).score, time.perf_counter() - t0
+
+
+def _candidate(run: Path, out: Path, n: int | None) -> Path:
+    """A model directory in ``out`` with the run's own export (``n=None``) or the average of the newest n."""
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copy(run / TOKENIZER_FILE, out / TOKENIZER_FILE)
+    shutil.copy(run / CARD_FILE, out / CARD_FILE)
+    if n is None:
+        shutil.copy(run / MODEL_FILE, out / MODEL_FILE)
+        return out
+    steps = sorted((p for p in (run / "checkpoints").iterdir() if p.name.startswith("step-")), key=lambda p: int(p.name.split("-")[1]))
+    if len(steps) < n:
+        raise SystemExit(f"--average {n}: only {len(steps)} step checkpoints in {run / 'checkpoints'}")
+    chosen = steps[-n:]
+    recipe = Recipe.from_dict(json.loads((run / CARD_FILE).read_text())["recipe"])
+    model = build_model(recipe, load_tokenizer(run / TOKENIZER_FILE).vocab_size)
+    model.load_state_dict(average_checkpoints(chosen))
+    newest = load_checkpoint(chosen[-1], load_training_state=False).metadata
+    ckpt = save_checkpoint(out / "averaged", model, tokenizer=str(run / TOKENIZER_FILE), step=newest.get("step"),
+                           extra={"averaged": [p.name for p in chosen]})
+    export_fp16(ckpt, out / MODEL_FILE, max_bytes=None)
+    shutil.rmtree(ckpt)
+    card = json.loads((out / CARD_FILE).read_text())
+    card["averaged_checkpoints"] = [p.name for p in chosen]
+    (out / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path, help="the --out directory of a finished attn-tutorial train run")
+    ap.add_argument("--name", required=True, help="name of the shipped model (attn_tutorial/pretrained/NAME)")
+    ap.add_argument("--average", default="", help="comma-separated N: also try the average of the newest N checkpoints")
+    ap.add_argument("--select-beam", type=int, default=5, help="beam used for the validation BLEU that selects (default 5)")
+    ap.add_argument("--threads", type=int, default=None)
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    run: Path = args.run
+    card = json.loads((run / CARD_FILE).read_text())
+    spec = DataSpec(**card["recipe"]["data"])
+    with tempfile.TemporaryDirectory() as tmp:
+        candidates: dict[str, Path] = {"run export": _candidate(run, Path(tmp) / "export", None)}
+        for n in [int(x) for x in args.average.split(",") if x.strip()]:
+            candidates[f"average of newest {n}"] = _candidate(run, Path(tmp) / f"avg{n}", n)
+        selection = {}
+        for label, path in candidates.items():
+            score, secs = _bleu(path, "val", args.select_beam, spec)
+            selection[label] = round(score, 2)
+            print(f"val BLEU beam {args.select_beam} {score:.2f}  {label}  ({secs:.0f}s)", flush=True)
+        best = max(selection, key=selection.__getitem__)
+        chosen = candidates[best]
+        size = (chosen / MODEL_FILE).stat().st_size
+        if size > SHIP_MAX_BYTES:
+            raise SystemExit(f"{MODEL_FILE} is {size} bytes, over the {SHIP_MAX_BYTES} a shipped model may take")
+        card = json.loads((chosen / CARD_FILE).read_text())
+        final = run / "checkpoints" / card["checkpoint"]
+        history = load_checkpoint(final, load_training_state=False).metadata.get("history") if final.is_dir() else None
+        if history:  # the training curves, for the chapters' plots
+            card["history"] = history
+        results: dict[str, dict[str, float]] = {}
+        seconds: dict[str, dict[str, float]] = {}
+        for split in EVAL_SPLITS:
+            for label, beam in EVAL_BEAMS.items():
+                score, secs = _bleu(chosen, split, beam, spec)
+                results.setdefault(split, {})[label] = round(score, 2)
+                seconds.setdefault(split, {})[label] = round(secs, 1)
+                print(f"{split} {label}: BLEU {score:.2f} ({secs:.0f}s)", flush=True)
+        card.update(
+            {
+                "name": args.name,
+                "model_bytes": size,
+                "selection": {"by": f"validation BLEU, beam {args.select_beam}", "candidates": selection, "chosen": best},
+                "test_bleu": results,
+                "eval": {
+                    "bleu_signature": bleu_signature(),
+                    "length_penalty_alpha": 0.6,
+                    "batch_size": 64,
+                    "decode_seconds": seconds,
+                    "decode_device": "cpu",
+                    "decode_threads": torch.get_num_threads(),
+                    "python_version": platform.python_version(),
+                    "command": "attn-tutorial evaluate --model NAME --split SPLIT [--beam 5]",
+                },
+            }
+        )
+        (chosen / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
+        dest = pretrained_root() / args.name
+        if dest.exists():
+            shutil.rmtree(dest)
+        dest.mkdir(parents=True)
+        for f in (MODEL_FILE, TOKENIZER_FILE, CARD_FILE):
+            shutil.copy(chosen / f, dest / f)
+    print(f"shipped {dest} ({size / 2**20:.1f} MiB): {json.dumps(results)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
