@@ -7,6 +7,8 @@
   only) and saves it beside the checkpoints, logs to stderr and ``train.log``, checkpoints often
   (``--resume`` continues), and at the end scores greedy BLEU on the validation split and writes a
   model directory (:mod:`attn_tutorial.pretrained`): fp16 weights, tokenizer and a JSON card.
+  Under ``torchrun --nproc-per-node N -m attn_tutorial train ...`` it trains in ``N`` processes with
+  DistributedDataParallel (see :func:`attn_tutorial.train.fit`); rank 0 writes every file.
 * ``attn-tutorial translate --model NAME_OR_DIR`` reads one sentence per line on stdin and writes
   one translation per line on stdout: the same number of lines, in order, an empty line for an empty
   line.
@@ -49,7 +51,7 @@ from .pretrained import (
     translate_sentences,
 )
 from .runtime import DATA_ENV_VAR, autocast_dtype, data_dir, default_device, set_seed
-from .train import TrainEvent, export_fp16, fit, latest_checkpoint, load_checkpoint
+from .train import TrainEvent, export_fp16, fit, init_distributed, latest_checkpoint, load_checkpoint
 
 __all__ = ["build_parser", "main", "load_split", "CLIError"]
 
@@ -132,6 +134,19 @@ class _Log:
         self.file.close()
 
 
+class _NoLog(_Log):
+    """The log of processes other than rank 0 under torchrun: rank 0 speaks for all of them."""
+
+    def __init__(self) -> None:
+        pass
+
+    def __call__(self, message: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 class _CountingBatches:
     """Wraps a :class:`BatchIterator` and counts the real target tokens it hands out (for tokens/s)."""
 
@@ -202,7 +217,32 @@ def _resolve_recipe(args: argparse.Namespace, device: torch.device, out: Path) -
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    device = _device(args.device)
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size < 2:
+        return _train_checked(args, argv, _device(args.device), world_size=1)
+    # Started by torchrun: one process per GPU (or several on the CPU), joined into one group here.
+    try:
+        device = init_distributed(args.device)
+    except RuntimeError as err:
+        raise CLIError(str(err)) from None
+    try:
+        return _train_checked(args, argv, device, world_size=world_size)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def _barrier(world_size: int) -> None:
+    """Wait until every process of the torchrun group gets here (nothing to wait for in one process)."""
+    if world_size < 2:
+        return
+    if torch.distributed.get_backend() == "nccl":
+        torch.distributed.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        torch.distributed.barrier()
+
+
+def _train_checked(args: argparse.Namespace, argv: Sequence[str], device: torch.device, world_size: int) -> int:
+    is_main = world_size == 1 or torch.distributed.get_rank() == 0
     out = Path(args.out if args.out is not None else Path("runs") / args.recipe).expanduser().resolve()
     recipe = _resolve_recipe(args, device, out)
     ckpt_dir = out / _CHECKPOINTS
@@ -222,11 +262,15 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
     # Load the data before anything is written, so that missing data leaves no half-made run behind.
     train_pairs = _limit(load_split(recipe.data, "train"), recipe.data.max_train_pairs)
     val_pairs = _limit(load_split(recipe.data, "val"), recipe.data.max_val_pairs)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / _RECIPE_FILE).write_text(json.dumps(recipe.to_dict(), indent=1) + "\n")
-    log = _Log(out / "train.log")
+    _barrier(world_size)  # every process has checked the output directory before rank 0 writes to it
+    if is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / _RECIPE_FILE).write_text(json.dumps(recipe.to_dict(), indent=1) + "\n")
+    log = _Log(out / "train.log") if is_main else _NoLog()
     try:
-        return _train_run(args, argv, recipe, device, out, previous if args.resume else None, log, train_pairs, val_pairs)
+        return _train_run(
+            args, argv, recipe, device, out, previous if args.resume else None, log, train_pairs, val_pairs, world_size
+        )
     finally:
         log.close()
 
@@ -234,14 +278,21 @@ def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def _train_run(
     args: argparse.Namespace, argv: Sequence[str], recipe: Recipe, device: torch.device, out: Path,
     resume_from: Path | None, log: _Log, train_pairs: list[tuple[str, str]], val_pairs: list[tuple[str, str]],
+    world_size: int = 1,
 ) -> int:
     spec = recipe.data
+    is_main = world_size == 1 or torch.distributed.get_rank() == 0
     log(f"attn-tutorial {__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), device {device}")
+    if world_size > 1:
+        log(f"{world_size} processes (torchrun), DistributedDataParallel with backend {torch.distributed.get_backend()}")
     log(f"recipe {recipe.name}: {recipe.description}; output {out}" + (f"; resuming from {resume_from.name}" if resume_from else ""))
     log(f"data {spec.dataset}: {len(train_pairs)} training pairs, {len(val_pairs)} validation pairs")
 
     tok_path = out / TOKENIZER_FILE
-    if resume_from is not None:  # the tokenizer the checkpoints were trained with
+    if not is_main:  # rank 0 trains and saves the tokenizer; the others read it
+        _barrier(world_size)
+        tokenizer = load_tokenizer(tok_path)
+    elif resume_from is not None:  # the tokenizer the checkpoints were trained with
         tokenizer = load_tokenizer(tok_path)
         log(f"tokenizer loaded from {tok_path} ({tokenizer.vocab_size} ids)")
     else:
@@ -253,6 +304,8 @@ def _train_run(
             tokenizer = date_vocab()
         save_tokenizer(tokenizer, tok_path)
         log(f"tokenizer {recipe.tokenizer.kind} with {tokenizer.vocab_size} ids in {time.perf_counter() - t0:.1f}s -> {tok_path}")
+    if is_main:
+        _barrier(world_size)
 
     cfg = recipe.train
     set_seed(cfg.seed)  # the model's initial weights
@@ -263,10 +316,14 @@ def _train_run(
     val_batches = BatchIterator(val_pairs, tokenizer, spec.max_tokens, shuffle=False, max_len=spec.max_len)
     counting = _CountingBatches(batches)
     log(f"{len(batches)} batches per epoch (max_tokens {spec.max_tokens}), {cfg.epochs} epochs, max_steps {cfg.max_steps}")
+    if world_size > 1:
+        log(f"each process trains on one batch in {world_size}: {len(batches) // world_size} steps per epoch")
     progress = _Progress(log, counting, cfg.log_every)
     history = fit(
         model, counting, val_batches, cfg, resume_from=resume_from, callbacks=[progress], tokenizer=str(tok_path)
     )
+    if not is_main:  # fit returned once rank 0's checkpoints were written; rank 0 evaluates and exports
+        return 0
     tps = progress.train_tokens / progress.train_seconds if progress.train_seconds > 0 else float("nan")
     log(f"training done: {history.num_steps} steps, {history.wall_time:.1f}s, {tps:.0f} target tokens/s")
 
@@ -289,7 +346,10 @@ def _train_run(
         "name": out.name,
         "recipe": recipe.to_dict(),
         "model_kind": recipe.model_kind,
-        "command": shlex.join(["attn-tutorial", *argv]),
+        "command": shlex.join(
+            ["attn-tutorial", *argv] if world_size == 1 else ["torchrun", "--nproc-per-node", str(world_size), "-m", "attn_tutorial", *argv]
+        ),
+        "world_size": world_size,
         "seed": cfg.seed,
         "device": str(device),
         "wall_time_s": round(history.wall_time, 2),

@@ -32,6 +32,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -43,7 +44,7 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -55,6 +56,8 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from safetensors.torch import save as safetensors_bytes
 from torch import Tensor, nn
+from torch import distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .runtime import atomic_write_bytes, autocast_dtype, default_device, repo_root, set_seed
@@ -73,6 +76,7 @@ __all__ = [
     "amp_settings",
     "evaluate_loss",
     "fit",
+    "init_distributed",
     "save_checkpoint",
     "load_checkpoint",
     "latest_checkpoint",
@@ -351,10 +355,16 @@ def token_cross_entropy(model: nn.Module, batch: Any, smoothing: float = 0.0) ->
     Shape:
         logits ``(B, T, V)``, ``batch.tgt_out`` and ``batch.tgt_mask`` ``(B, T)``.
     """
+    mask = batch.tgt_mask
+    inner = getattr(model, "module", model)  # a DistributedDataParallel wrapper is called, not bypassed
+    if getattr(inner, "accepts_logits_mask", False):
+        # Output layer at the real positions only: the same loss, about a fifth fewer (N, V) products.
+        logits = model(batch.src, batch.src_mask, batch.tgt_in, batch.tgt_mask, logits_mask=mask)  # (N, V)
+        target = batch.tgt_out[mask]  # (N,)
+        return label_smoothed_cross_entropy(logits, target, torch.ones_like(target, dtype=torch.bool), smoothing), mask.sum()
     logits = model(batch.src, batch.src_mask, batch.tgt_in, batch.tgt_mask)
     if isinstance(logits, (tuple, list)):  # (logits, attention)
         logits = logits[0]
-    mask = batch.tgt_mask
     return label_smoothed_cross_entropy(logits, batch.tgt_out, mask, smoothing), mask.sum()
 
 
@@ -497,7 +507,17 @@ def evaluate_loss(
     loss_fn = loss_fn or functools.partial(token_cross_entropy, smoothing=0.0)
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    device = torch.device(device)
+    total, count = _loss_sums(model, batches, loss_fn, torch.device(device), amp_dtype)
+    if count == 0:
+        raise ValueError("batches yielded no tokens to evaluate on")
+    return total / count
+
+
+@torch.no_grad()
+def _loss_sums(
+    model: nn.Module, batches: Iterable[Any], loss_fn: LossFn, device: torch.device, amp_dtype: torch.dtype | None
+) -> tuple[float, float]:
+    """``(sum of loss x count, sum of counts)`` over ``batches``, in eval mode; the mode is restored."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0.0
@@ -510,9 +530,7 @@ def evaluate_loss(
             count += n
     finally:
         model.train(was_training)
-    if count == 0:
-        raise ValueError("batches yielded no tokens to evaluate on")
-    return total / count
+    return total, count
 
 
 # --------------------------------------------------------------------------------------------
@@ -1022,10 +1040,17 @@ class _Interrupts:
             return
         raise self._error(signum)
 
-    def settle(self) -> None:
-        """Raise the held interrupt, if any (call only where a checkpoint would be exact)."""
-        if self.pending is not None:
-            signum, self.pending = self.pending, None
+    def settle(self, agreed: bool | None = None) -> None:
+        """Raise the held interrupt, if any (call only where a checkpoint would be exact).
+
+        In a process group the processes decide together (``agreed``: whether any of them holds a
+        signal), so that all of them stop at the same step; a process that holds none raises as if
+        it had received SIGTERM (torchrun forwards it to all of them anyway).
+        """
+        if agreed is None:
+            agreed = self.pending is not None
+        if agreed:
+            signum, self.pending = self.pending if self.pending is not None else signal.SIGTERM, None
             raise self._error(signum)
 
 
@@ -1040,6 +1065,104 @@ def _resolve_resume(resume_from: str | os.PathLike[str]) -> Path:
             "checkpoint_dir holding a complete step-N checkpoint; refusing to start from scratch silently"
         )
     return latest
+
+
+# --------------------------------------------------------------------------------------------
+# Several processes: torchrun + DistributedDataParallel
+# --------------------------------------------------------------------------------------------
+
+_TORCHRUN_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def init_distributed(device: str | torch.device | None = None) -> torch.device:
+    """Join the process group that ``torchrun`` describes in the environment; returns this process's device.
+
+    ``torchrun --nproc-per-node N prog ...`` starts ``N`` copies of ``prog`` and gives each the
+    variables ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``MASTER_ADDR`` and ``MASTER_PORT``. This
+    joins them into one process group: backend NCCL with process ``LOCAL_RANK`` on GPU
+    ``cuda:LOCAL_RANK``, or gloo on the CPU. ``device``: ``None`` (CUDA when available, else the
+    CPU), ``"cuda"`` (a GPU index in it is ignored: each process takes its local rank's) or
+    ``"cpu"``. If the group already exists only the device is returned. Afterwards :func:`fit`
+    trains with :class:`~torch.nn.parallel.DistributedDataParallel`; the attn-tutorial CLI calls
+    this itself when ``WORLD_SIZE`` is above 1.
+    """
+    if not dist.is_available():
+        raise RuntimeError("this PyTorch build has no torch.distributed; train in a single process")
+    missing = [k for k in _TORCHRUN_ENV if k not in os.environ]
+    if missing:
+        raise ValueError(
+            f"init_distributed needs the environment torchrun sets, but {', '.join(missing)} is missing; "
+            "launch with torchrun --nproc-per-node N ..."
+        )
+    requested = None if device is None else torch.device(device)
+    if requested is not None and requested.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be None, 'cpu' or 'cuda' to train in several processes, got {str(requested)!r}")
+    use_cuda = torch.cuda.is_available() if requested is None else requested.type == "cuda"
+    local_rank = int(os.environ["LOCAL_RANK"])
+    if use_cuda:
+        if not torch.cuda.is_available():
+            raise RuntimeError("device='cuda' was requested, but CUDA is not available")
+        if local_rank >= torch.cuda.device_count():
+            raise RuntimeError(
+                f"LOCAL_RANK={local_rank} but only {torch.cuda.device_count()} CUDA devices are visible; "
+                "start at most that many processes per node"
+            )
+        chosen = torch.device("cuda", local_rank)
+        torch.cuda.set_device(chosen)
+    else:
+        chosen = torch.device("cpu")
+    if not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return chosen
+
+
+@dataclass(frozen=True)
+class _Group:
+    """The process group :func:`fit` trains in (``None`` from :meth:`current` when there is none)."""
+
+    rank: int
+    world_size: int
+    device: torch.device  # where the tensors of collective calls live (CUDA for NCCL)
+
+    @staticmethod
+    def current() -> _Group | None:
+        if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() < 2:
+            return None
+        nccl = dist.get_backend() == "nccl"
+        device = torch.device("cuda", torch.cuda.current_device()) if nccl else torch.device("cpu")
+        return _Group(dist.get_rank(), dist.get_world_size(), device)
+
+    def sum(self, *values: float) -> list[float]:
+        """Each value summed over all processes (float64)."""
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        return [float(x) for x in t.tolist()]
+
+    def any(self, *flags: bool) -> list[bool]:
+        """Each flag or-ed over all processes: one decision that every process takes alike."""
+        return [x > 0 for x in self.sum(*(float(bool(f)) for f in flags))]
+
+    def barrier(self) -> None:
+        if self.device.type == "cuda":
+            dist.barrier(device_ids=[self.device.index])
+        else:
+            dist.barrier()
+
+
+def _shard(batches: Iterable[Any], rank: int, world_size: int) -> Iterator[Any]:
+    """Process ``rank``'s share of ``batches``: items ``rank, rank + W, rank + 2W, ...``.
+
+    Only complete groups of ``W = world_size`` batches count; an incomplete last group is dropped,
+    so every process takes the same number of steps (one that took a step more would wait forever
+    for the others' gradients).
+    """
+    mine: Any = None
+    for i, batch in enumerate(batches):
+        if i % world_size == rank:
+            mine = batch
+        if i % world_size == world_size - 1:
+            yield mine
+            mine = None
 
 
 def fit(
@@ -1086,6 +1209,25 @@ def fit(
 
     The model is moved to the chosen device and left in the mode (train/eval) it came in.
 
+    Several processes (``torchrun``, after :func:`init_distributed` or any
+    ``torch.distributed.init_process_group``): the same call, unchanged, in every process.
+
+    * The model is wrapped in PyTorch's :class:`~torch.nn.parallel.DistributedDataParallel` for the
+      training forward and backward (``loss_fn`` receives the wrapper: call it, and read attributes
+      through ``getattr(model, "module", model)``), so the gradients are averaged over processes in
+      the backward pass and every process takes the same optimizer step. Rank 0's initial weights
+      are broadcast to the others when the wrapper is built.
+    * Every process must iterate ``train_batches`` in the same order (a ``BatchIterator`` with the
+      same seed does; ``fit`` seeds every process with ``config.seed``). Process ``r`` of ``W``
+      trains on batches ``r, r + W, ...`` of each epoch; an incomplete last group of ``W`` batches
+      is dropped, so an epoch has ``len(train_batches) // W`` steps and each step sees ``W`` batches.
+    * Validation batches are split the same way (none dropped) and the loss sums added up; the
+      training loss and token counts in the history are likewise summed over processes, so every
+      process returns the same history numbers (wall-clock times are each process's own).
+    * Only rank 0 writes checkpoints and shows a progress bar; a process returns once rank 0's
+      checkpoints are complete. Stopping (callbacks, early stopping, signals) is decided jointly.
+      Resuming mid-epoch needs the same number of processes; random states are rank 0's.
+
     Shape:
         each batch: ``src``, ``src_mask`` ``(B, S)``; ``tgt_in``, ``tgt_out``, ``tgt_mask`` ``(B, T)``
         (masks bool, ``True`` = real token); the model's logits ``(B, T, V)``.
@@ -1101,6 +1243,11 @@ def fit(
         )
     callbacks = list(callbacks or [])
     device = default_device(config.device)
+    procs = _Group.current()  # None: a single process
+    world_size = 1 if procs is None else procs.world_size
+    is_main = procs is None or procs.rank == 0
+    if procs is not None and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())  # this process's GPU
     amp_dtype, use_scaler = amp_settings(device, config.amp)
     model.to(device)
     was_training = model.training
@@ -1109,6 +1256,8 @@ def fit(
     train_loss_fn = loss_fn or functools.partial(token_cross_entropy, smoothing=config.label_smoothing)
     val_loss_fn = loss_fn or functools.partial(token_cross_entropy, smoothing=0.0)
     per_epoch = _num_batches(train_batches)
+    if per_epoch is not None:
+        per_epoch //= world_size  # each process's share (see _shard)
     total_steps = _total_steps(per_epoch, config)
     if config.schedule in ("cosine", "linear") and total_steps is None:
         raise ValueError(
@@ -1143,6 +1292,12 @@ def fit(
             )
         step = scalars["scheduler_step"]
         start_epoch, skip = scalars["position"]["epoch"], scalars["position"]["step_in_epoch"]
+        saved_world = scalars.get("world_size", 1)
+        if skip > 0 and saved_world != world_size:
+            raise ValueError(
+                f"{ckpt.path} was written in the middle of an epoch by {saved_world} process(es); resume it with "
+                f"{saved_world}, not {world_size} (the position in the epoch counts each process's share of batches)"
+            )
         bad_evals = scalars["early_stopping"]["bad_evals"]
         if scalars["early_stopping"]["has_best_weights"]:
             best_state = {k.removeprefix("best."): v for k, v in tensors.items() if k.startswith("best.")}
@@ -1161,6 +1316,7 @@ def fit(
             "optimizer": opt_scalars,
             "scheduler_step": step,
             "position": {"epoch": epoch, "step_in_epoch": step_in_epoch, "global_step": step},
+            "world_size": world_size,  # processes sharing the batches; step_in_epoch counts one's share
             "rng": {"now": now_scalars, "epoch_start": epoch_rng[1]},
             "early_stopping": {"bad_evals": bad_evals, "has_best_weights": best_state is not None},
             "grad_scaler": scaler.state_dict() if scaler is not None else None,
@@ -1172,6 +1328,9 @@ def fit(
     def checkpoint(epoch: int, step_in_epoch: int, epoch_rng: tuple[dict[str, Tensor], dict[str, Any]]) -> None:
         nonlocal last_saved
         if ckpt_root is None:
+            return
+        if not is_main:  # rank 0 writes for everyone (the weights are the same in every process)
+            last_saved = step
             return
         history.wall_time = wall_before + (time.perf_counter() - t_start)
         save_checkpoint(
@@ -1192,7 +1351,14 @@ def fit(
         """Evaluate, update early stopping; True if training should stop."""
         nonlocal best_state, bad_evals
         assert val_batches is not None
-        val = evaluate_loss(model, val_batches, val_loss_fn, device=device, amp_dtype=amp_dtype)
+        if procs is None:
+            val = evaluate_loss(model, val_batches, val_loss_fn, device=device, amp_dtype=amp_dtype)
+        else:  # each process a share of the batches (none dropped), then the sums over processes
+            share = itertools.islice(val_batches, procs.rank, None, procs.world_size)
+            total, count = procs.sum(*_loss_sums(model, share, val_loss_fn, device, amp_dtype))
+            if count == 0:
+                raise ValueError("val_batches yielded no tokens to evaluate on")
+            val = total / count
         history.eval_step.append(step)
         history.val_loss.append(val)
         history.val_perplexity.append(math.exp(val) if val < 700 else math.inf)
@@ -1208,9 +1374,18 @@ def fit(
         event = TrainEvent("eval", step, epoch, val, history, model)
         return any([bool(cb(event)) for cb in callbacks]) or stop
 
+    # What the training forward and backward call: in a process group, the DistributedDataParallel
+    # wrapper, which broadcasts rank 0's weights now and averages the gradients in every backward.
+    train_model: nn.Module = model
+    if procs is not None:
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    def agree(*flags: bool) -> list[bool]:
+        return list(flags) if procs is None else procs.any(*flags)
+
     wall_before = history.wall_time
     t_start = time.perf_counter()
-    bar = tqdm(total=total_steps, initial=step, disable=not config.progress, desc="train", unit="step", dynamic_ncols=True)
+    bar = tqdm(total=total_steps, initial=step, disable=not (config.progress and is_main), desc="train", unit="step", dynamic_ncols=True)
     stop = history.stopped_early or (config.max_steps is not None and step >= config.max_steps)
     # The (epoch, step_in_epoch, epoch_rng) a checkpoint written right now would resume from exactly,
     # or None in the middle of a step (an interrupt there writes no checkpoint).
@@ -1230,7 +1405,7 @@ def fit(
             set_epoch = getattr(train_batches, "set_epoch", None)
             if callable(set_epoch):
                 set_epoch(epoch)
-            iterator = iter(train_batches)
+            iterator = iter(train_batches) if procs is None else _shard(train_batches, procs.rank, procs.world_size)
             step_in_epoch = 0
             if resuming_mid_epoch:
                 assert resume_rng is not None
@@ -1252,10 +1427,14 @@ def fit(
                     group["lr"] = lr
                 batch = _to_device(batch, device)
                 with _autocast(device, amp_dtype):
-                    loss, n_tokens = _call_loss(train_loss_fn, model, batch)
-                if not torch.isfinite(loss.detach()):
+                    loss, n_tokens = _call_loss(train_loss_fn, train_model, batch)
+                loss_value = float(loss.detach().item())
+                if procs is not None:  # the loss over all processes' batches (a NaN anywhere stops all)
+                    weighted, n_tokens = procs.sum(loss_value * n_tokens, n_tokens)
+                    loss_value = weighted / n_tokens if n_tokens > 0 else weighted
+                if not math.isfinite(loss_value):
                     raise FloatingPointError(
-                        f"the training loss is {loss.item()} at step {step} (epoch {epoch}); try a lower lr "
+                        f"the training loss is {loss_value} at step {step} (epoch {epoch}); try a lower lr "
                         f"(now {lr:.3g}), more warmup_steps or grad_clip"
                     )
                 optimizer.zero_grad(set_to_none=True)
@@ -1271,7 +1450,6 @@ def fit(
                     scaler.update()
                 else:
                     optimizer.step()
-                loss_value = float(loss.detach().item())
                 now = time.perf_counter()
                 history.step.append(step)
                 history.epoch.append(epoch)
@@ -1292,13 +1470,14 @@ def fit(
                     resumable = (epoch, step_in_epoch, epoch_rng)
                 if config.max_steps is not None and step >= config.max_steps:
                     stop = True
+                stop, interrupted = agree(stop, interrupts.pending is not None)
                 if stop and step_in_epoch != per_epoch:  # stopping in the middle of an epoch
                     checkpoint(epoch, step_in_epoch, epoch_rng)
                     break
                 every = config.checkpoint_every_steps
                 if not stop and every is not None and step % every == 0:
                     checkpoint(epoch, step_in_epoch, epoch_rng)
-                interrupts.settle()  # a signal that arrived during this step stops here
+                interrupts.settle(interrupted if procs is not None else None)  # a signal that arrived during this step stops here
                 if stop:  # on the epoch's last batch: finish the epoch below first
                     break
                 t_last = time.perf_counter()
@@ -1310,15 +1489,18 @@ def fit(
                 raise ValueError(
                     f"train_batches yielded no batches in epoch {epoch}; pass a re-iterable (a list, or an "
                     "object whose __iter__ starts over), not a one-shot generator"
+                    + ("" if procs is None else f", with at least {world_size} batches (one per process)")
                 )
             if val_batches is not None and config.eval_every == "epoch":
                 stop = run_eval(epoch) or stop
+            stop, interrupted = agree(stop, interrupts.pending is not None)
             next_epoch = (epoch + 1, 0, _capture_rng("rng.epoch_start"))
             if stop or epoch == config.epochs - 1 or config.checkpoint_every_steps is None:
                 checkpoint(*next_epoch)
             resumable = next_epoch
-            interrupts.settle()  # a signal during the epoch's evaluation stops here, between epochs
-        interrupts.settle()  # a signal during the last step: the final checkpoint is written
+            interrupts.settle(interrupted if procs is not None else None)  # a signal during the epoch's evaluation stops here, between epochs
+        # A signal during the last step: the final checkpoint is written.
+        interrupts.settle(None if procs is None else procs.any(interrupts.pending is not None)[0])
     except KeyboardInterrupt:
         interrupts.__exit__()
         if resumable is not None and ckpt_root is not None and last_saved != step:
@@ -1331,6 +1513,8 @@ def fit(
         model.train(was_training)
     if config.early_stopping_patience is not None and best_state is not None:
         model.load_state_dict(best_state)
-        if ckpt_root is not None:
+        if ckpt_root is not None and is_main:
             save_checkpoint(ckpt_root / "best", model, config=config, history=history, tokenizer=tokenizer, step=history.best_step)
+    if procs is not None:
+        procs.barrier()  # rank 0's checkpoints are complete when fit returns, in every process
     return history
