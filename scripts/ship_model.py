@@ -91,12 +91,14 @@ def main(argv: list[str] | None = None) -> int:
         candidates: dict[str, Path] = {"run export": _candidate(run, Path(tmp) / "export", None)}
         for n in [int(x) for x in args.average.split(",") if x.strip()]:
             candidates[f"average of newest {n}"] = _candidate(run, Path(tmp) / f"avg{n}", n)
-        selection = {}
-        for label, path in candidates.items():
+        selection: dict[str, float | None] = {}
+        if len(candidates) == 1:  # nothing to choose: no validation decoding
+            selection = {"run export": None}
+        for label, path in candidates.items() if len(candidates) > 1 else ():
             score, secs = _bleu(path, "val", args.select_beam, spec)
             selection[label] = round(score, 2)
             print(f"val BLEU beam {args.select_beam} {score:.2f}  {label}  ({secs:.0f}s)", flush=True)
-        best = max(selection, key=selection.__getitem__)
+        best = max(selection, key=lambda k: selection[k] or 0.0)
         chosen = candidates[best]
         size = (chosen / MODEL_FILE).stat().st_size
         if size > SHIP_MAX_BYTES:
