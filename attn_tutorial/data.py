@@ -493,7 +493,8 @@ def make_reversal_pairs(
     chars = _REVERSAL_ALPHABETS.get(alphabet, alphabet)
     if not chars or len(set(chars)) != len(chars):
         raise ValueError(f"alphabet must be 'digits', 'letters' or a string of distinct characters, got {alphabet!r}")
-    capacity = sum(len(chars) ** k for k in range(min_len, min(max_len, 12) + 1))
+    # Distinct strings of length min_len..max_len; past 10**12 the exact count no longer matters.
+    capacity = min(sum(len(chars) ** k for k in range(min_len, min(max_len, min_len + 12) + 1)), 10**12)
     if n > capacity // 2:
         raise ValueError(f"n={n} is more than half of the {capacity} distinct strings of length {min_len}..{max_len}")
     rng = random.Random(seed)

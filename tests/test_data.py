@@ -719,3 +719,13 @@ def test_batch_iterator_with_bpe_on_real_data(bpe: D.SubwordTokenizer) -> None:
         for row, k in enumerate(batch.index.tolist()):
             restored[k] = (bpe.decode(batch.src[row]), bpe.decode(batch.tgt_out[row]))
     assert [restored[k] for k in range(len(pairs))] == pairs
+
+
+def test_reversal_pairs_long_minimum_length() -> None:
+    """min_len above 12 used to compute a capacity of 0 and refuse; every length is allowed."""
+    from attn_tutorial.data import make_reversal_pairs
+
+    pairs = make_reversal_pairs(50, min_len=14, max_len=16, seed=0)
+    assert len(pairs) == 50 and all(14 <= len(s) <= 16 and t == s[::-1] for s, t in pairs)
+    with pytest.raises(ValueError, match="more than half"):
+        make_reversal_pairs(60, min_len=1, max_len=1)
