@@ -236,8 +236,10 @@ def test_trains_decodes_and_round_trips(tmp_path) -> None:
     assert beam.tokens == greedy.tokens or all(b >= g - 1e-4 for b, g in zip(beam.scores, greedy.scores))
     ckpt = save_checkpoint(tmp_path / "ckpt", model)
     path = export_fp16(ckpt, tmp_path / "model.safetensors")
-    loaded = load_exported(path)
-    assert isinstance(loaded, Transformer)
+    loaded = Transformer(model.config)
+    ckpt_meta = load_exported(path, loaded).metadata
+    assert ckpt_meta["model_config"] == model.config.to_dict()
+    loaded.eval()
     with torch.no_grad():
         assert_close(loaded(src, mask, batches[0].tgt_in[:4], batches[0].tgt_mask[:4]),
                      model(src, mask, batches[0].tgt_in[:4], batches[0].tgt_mask[:4]), atol=0.05, rtol=0.02)
