@@ -251,12 +251,12 @@ _TRANSFORMER_MULTI30K = {
     "tie_embeddings": True,
 }
 _TRAIN_TRANSFORMER = TrainConfig(
-    epochs=9,
+    epochs=12,
     lr=1e-3,
     betas=(0.9, 0.98),
     eps=1e-9,
     weight_decay=0.0,
-    warmup_steps=200,
+    warmup_steps=300,
     schedule="cosine",
     min_lr=1e-5,
     grad_clip=1.0,
@@ -320,7 +320,10 @@ RECIPES: dict[str, Recipe] = {
         Recipe(
             name="transformer-multi30k",
             description="Pre-norm Transformer (d_model 256, 3+3 layers, 4 heads, ff 1024), Multi30K de-en",
-            data=DataSpec(dataset="multi30k"),
+            # Batches of at most 2,048 padded tokens a side: about 290 optimizer updates an epoch, twice
+            # as many as with 4,096 for about the same CPU time (the cost per token barely depends on
+            # the batch there). 4,096-token batches gave only 1,349 updates in 9 epochs.
+            data=DataSpec(dataset="multi30k", max_tokens=2048),
             tokenizer=TokenizerSpec(kind="bpe", vocab_size=8000),
             model_kind="transformer",
             model=_TRANSFORMER_MULTI30K,
