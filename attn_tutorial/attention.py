@@ -32,6 +32,7 @@ __all__ = [
     "causal_mask",
     "padding_mask",
     "key_padding_to_attn_mask",
+    "select_positions",
     "sliding_window_mask",
     "gaussian_window",
     "local_m_mask",
@@ -234,6 +235,25 @@ def key_padding_to_attn_mask(key_padding: Tensor, with_heads_dim: bool = True) -
             "expected a boolean (batch, Lk) tensor with True = real token"
         )
     return key_padding[:, None, None, :] if with_heads_dim else key_padding[:, None, :]
+
+
+def select_positions(x: Tensor, positions: Tensor | None, like: Tensor, name: str = "logits_mask") -> Tensor:
+    """Keep the rows of ``x`` where ``positions`` is ``True``, flattened in row-major order.
+
+    Decoders use it to run the output layer only at real target tokens (``positions`` = the target
+    padding mask, ``True`` = real token); ``positions=None`` returns ``x`` unchanged. ``like`` is the
+    tensor whose ``(B, T)`` shape ``positions`` must have (the decoder input), and ``name`` the argument
+    named in the error.
+
+    Shape:
+        ``x`` ``(B, T, D)``, ``positions`` ``(B, T)`` bool -> ``(N, D)`` with ``N = positions.sum()``.
+    """
+    if positions is None:
+        return x
+    if not isinstance(positions, Tensor) or positions.dtype != torch.bool or positions.shape != like.shape:
+        got = f"shape {_shape(positions)} and dtype {positions.dtype}" if isinstance(positions, Tensor) else type(positions).__name__
+        raise ValueError(f"{name} must be a bool tensor of shape {tuple(like.shape)} (as the decoder input), got {got}")
+    return x[positions]
 
 
 def sliding_window_mask(L: int, window: int, causal: bool = False, device: torch.device | str | None = None) -> Tensor:

@@ -32,7 +32,16 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .attention import AdditiveScore, Attention, DotProductScore, GeneralScore, LocalPAttention, masked_softmax, padding_mask
+from .attention import (
+    AdditiveScore,
+    Attention,
+    DotProductScore,
+    GeneralScore,
+    LocalPAttention,
+    masked_softmax,
+    padding_mask,
+    select_positions,
+)
 
 from .data import PAD_ID
 
@@ -572,10 +581,7 @@ class Seq2Seq(nn.Module):
         self._check_mask("tgt_mask", tgt_mask, tgt_in, "tgt_in")
         emb = self.dropout(self.tgt_embed(tgt_in))  # (B, T, E)
         readouts, attn, _ = self.decoder(emb, state)  # (B, T, H), (B, T, S)
-        if logits_mask is not None:
-            if not isinstance(logits_mask, Tensor) or logits_mask.dtype != torch.bool or logits_mask.shape != tgt_in.shape:
-                raise ValueError(f"logits_mask must be a bool tensor of shape {tuple(tgt_in.shape)} (as tgt_in), got {logits_mask!r}")
-            readouts = readouts[logits_mask]  # (N, H)
+        readouts = select_positions(readouts, logits_mask, tgt_in)  # (N, H) with a logits_mask
         logits = self.generator(self.pre_output(self.dropout(readouts)))  # (B, T, V)
         return (logits, attn) if return_attention else logits
 

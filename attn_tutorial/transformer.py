@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import fused_attention, scaled_dot_product_attention
+from .attention import fused_attention, scaled_dot_product_attention, select_positions
 from .multihead import MultiHeadAttention
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, apply_rope
 
@@ -446,10 +446,7 @@ class Transformer(nn.Module):
                 maps.decoder_self.append(ws)
                 maps.cross.append(wc)
         x = self.decoder_norm(x)  # (B, T, d)
-        if logits_mask is not None:
-            if not isinstance(logits_mask, Tensor) or logits_mask.dtype != torch.bool or logits_mask.shape != tgt_in.shape:
-                raise ValueError(f"logits_mask must be a bool tensor of shape {tuple(tgt_in.shape)} (as tgt_in), got {logits_mask!r:.80}")
-            x = x[logits_mask]  # (N, d)
+        x = select_positions(x, logits_mask, tgt_in)  # (N, d) with a logits_mask
         logits = self.generator(x)
         return (logits, maps) if return_attention else logits
 

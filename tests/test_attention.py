@@ -562,3 +562,17 @@ def test_local_p_attention_module_respects_window_and_lengths():
         att(q, k, v, key_lengths=torch.tensor([10, 3]))
     with pytest.raises(ValueError, match="score must be 'general', 'dot' or 'concat'"):
         LocalPAttention(6, 4, 2, score="bogus")
+
+
+def test_select_positions_keeps_masked_rows_in_row_major_order() -> None:
+    """``select_positions`` returns the rows where the mask is True, in order; None is a no-op."""
+    x = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(2, 3, 4)
+    like = torch.zeros(2, 3, dtype=torch.long)
+    positions = torch.tensor([[True, False, True], [False, True, False]])
+    got = attention_module.select_positions(x, positions, like)
+    assert torch.equal(got, torch.stack([x[0, 0], x[0, 2], x[1, 1]]))
+    assert attention_module.select_positions(x, None, like) is x
+    with pytest.raises(ValueError, match=r"logits_mask must be a bool tensor of shape \(2, 3\).*got shape \(2, 2\)"):
+        attention_module.select_positions(x, positions[:, :2], like)
+    with pytest.raises(ValueError, match=r"positions must be a bool tensor.*torch.int64"):
+        attention_module.select_positions(x, positions.long(), like, name="positions")
