@@ -250,7 +250,7 @@ _TRANSFORMER_MULTI30K = {
 }
 _TRAIN_TRANSFORMER = dataclasses.replace(
     _TRAIN_MULTI30K,
-    epochs=12,
+    epochs=20,  # the shipped run: validation loss lowest at epoch 10 (1.92), 1.97 at 20; validation BLEU 37.3 greedy at 20
     weight_decay=0.0,
     warmup_steps=300,
     keep_last_n=5,
