@@ -86,15 +86,14 @@ def _test2016(name: str) -> dict[str, float]:
 
 
 @pytest.mark.xfail(strict=True, reason="issue 5's gate (Transformer beam 5 >= 40 on test2016) is not met yet: the shipped "
-                   "model had 9 epochs on a shared 2-core CPU; strict, so this fails once a better model ships")
+                   "model scores 37.69 (20 epochs on one CPU thread); strict, so this fails once a better model ships")
 def test_transformer_quality_gate() -> None:
     """Issue 5's gate, on the card that ``test_card_bleu_is_reproduced`` recomputes: beam 5 >= 40."""
     assert _test2016("transformer")["beam5"] >= 40.0, _test2016("transformer")
 
 
-@pytest.mark.xfail(strict=True, reason="issue 4's gate (Bahdanau greedy >= 30 on test2016) is not met yet: the shipped "
-                   "model had 8 epochs on a shared 2-core CPU; strict, so this fails once a better model ships")
 def test_bahdanau_quality_gate() -> None:
+    """Issue 4's gate, on the card that ``test_card_bleu_is_reproduced`` recomputes: greedy >= 30."""
     assert _test2016("bahdanau")["greedy"] >= 30.0, _test2016("bahdanau")
 
 
