@@ -2,6 +2,7 @@
 
     python scripts/ship_model.py runs/gru-bahdanau --name bahdanau
     python scripts/ship_model.py runs/transformer --name transformer --average 1,2,3,4,5
+    python scripts/ship_model.py --name luong --reevaluate    # same BLEU (checked), timings on idle cores
 
 1. Weights: the run's exported ``model.safetensors`` (its best or last checkpoint), or, with
    ``--average``, every candidate "average of the newest N step checkpoints" for the N listed; the
@@ -74,16 +75,67 @@ def _candidate(run: Path, out: Path, n: int | None) -> Path:
     return out
 
 
+def _evaluate(model_dir: Path, spec: DataSpec) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Test BLEU and decoding seconds of ``model_dir`` for every split and beam the card reports."""
+    results: dict[str, dict[str, float]] = {}
+    seconds: dict[str, dict[str, float]] = {}
+    for split in EVAL_SPLITS:
+        for label, beam in EVAL_BEAMS.items():
+            score, secs = _bleu(model_dir, split, beam, spec)
+            results.setdefault(split, {})[label] = round(score, 2)
+            seconds.setdefault(split, {})[label] = round(secs, 1)
+            print(f"{split} {label}: BLEU {score:.2f} ({secs:.0f}s)", flush=True)
+    return results, seconds
+
+
+def _eval_record(seconds: dict[str, dict[str, float]]) -> dict[str, object]:
+    return {
+        "bleu_signature": bleu_signature(),
+        "length_penalty_alpha": 0.6,
+        "batch_size": 64,
+        "decode_seconds": seconds,
+        "decode_device": "cpu",
+        "decode_threads": torch.get_num_threads(),
+        "python_version": platform.python_version(),
+        "command": "attn-tutorial evaluate --model NAME --split SPLIT [--beam 5]",
+    }
+
+
+def reevaluate(name: str) -> int:
+    """Decode the test sets again with an already shipped model: same BLEU (checked), new timings.
+
+    For timings measured on a loaded machine: run this on idle cores so that every card's decoding
+    speed is comparable. The weights and the scores do not change; a score that does is an error.
+    """
+    model_dir = pretrained_root() / name
+    card = json.loads((model_dir / CARD_FILE).read_text())
+    results, seconds = _evaluate(model_dir, DataSpec(**card["recipe"]["data"]))
+    for split, scores in results.items():
+        for label, score in scores.items():
+            if abs(score - card["test_bleu"][split][label]) > 0.05:
+                raise SystemExit(f"{name} {split} {label}: BLEU {score} but the card says {card['test_bleu'][split][label]}")
+    card["eval"] = _eval_record(seconds)
+    (model_dir / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
+    print(f"re-timed {model_dir}: {json.dumps(seconds)}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", type=Path, help="the --out directory of a finished attn-tutorial train run")
+    ap.add_argument("run", type=Path, nargs="?", help="the --out directory of a finished attn-tutorial train run")
     ap.add_argument("--name", required=True, help="name of the shipped model (attn_tutorial/pretrained/NAME)")
+    ap.add_argument("--reevaluate", action="store_true",
+                    help="no RUN: decode the test sets again with the shipped NAME, check its BLEU, store new timings")
     ap.add_argument("--average", default="", help="comma-separated N: also try the average of the newest N checkpoints")
     ap.add_argument("--select-beam", type=int, default=5, help="beam used for the validation BLEU that selects (default 5)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.reevaluate:
+        return reevaluate(args.name)
+    if args.run is None:
+        ap.error("RUN is required (unless --reevaluate)")
     run: Path = args.run
     card = json.loads((run / CARD_FILE).read_text())
     spec = DataSpec(**card["recipe"]["data"])
@@ -108,30 +160,14 @@ def main(argv: list[str] | None = None) -> int:
         history = load_checkpoint(final, load_training_state=False).metadata.get("history") if final.is_dir() else None
         if history:  # the training curves, for the chapters' plots
             card["history"] = history
-        results: dict[str, dict[str, float]] = {}
-        seconds: dict[str, dict[str, float]] = {}
-        for split in EVAL_SPLITS:
-            for label, beam in EVAL_BEAMS.items():
-                score, secs = _bleu(chosen, split, beam, spec)
-                results.setdefault(split, {})[label] = round(score, 2)
-                seconds.setdefault(split, {})[label] = round(secs, 1)
-                print(f"{split} {label}: BLEU {score:.2f} ({secs:.0f}s)", flush=True)
+        results, seconds = _evaluate(chosen, spec)
         card.update(
             {
                 "name": args.name,
                 "model_bytes": size,
                 "selection": {"by": f"validation BLEU, beam {args.select_beam}", "candidates": selection, "chosen": best},
                 "test_bleu": results,
-                "eval": {
-                    "bleu_signature": bleu_signature(),
-                    "length_penalty_alpha": 0.6,
-                    "batch_size": 64,
-                    "decode_seconds": seconds,
-                    "decode_device": "cpu",
-                    "decode_threads": torch.get_num_threads(),
-                    "python_version": platform.python_version(),
-                    "command": "attn-tutorial evaluate --model NAME --split SPLIT [--beam 5]",
-                },
+                "eval": _eval_record(seconds),
             }
         )
         (chosen / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
