@@ -209,6 +209,10 @@ def test_page_renders_cleanly(rel: str, server: str, browser: Any) -> None:
             widgetViews: document.querySelectorAll(
                 'script[type="application/vnd.jupyter.widget-view+json"]').length,
             renderedWidgets: document.querySelectorAll('.jupyter-widgets, .widget-subarea *').length,
+            // a Markdown table (a cell's text/markdown output) left as text: its '|---|' row shows
+            rawTables: Array.from(document.querySelectorAll('.cell_output p, article p'))
+                .filter(e => e.textContent.includes('|---|') || e.textContent.includes('—|—'))
+                .map(e => e.textContent.slice(0, 80)),
         })"""
     )
     SHOTS.mkdir(parents=True, exist_ok=True)
@@ -228,6 +232,8 @@ def test_page_renders_cleanly(rel: str, server: str, browser: Any) -> None:
         problems.append(f"math MathJax did not typeset: {report['untypeset'][:5]}")
     if report["texErrors"]:
         problems.append(f"TeX errors: {report['texErrors'][:5]}")
+    if report["rawTables"]:
+        problems.append(f"Markdown tables not rendered as tables: {report['rawTables'][:3]}")
     if report["widgetViews"] and not report["renderedWidgets"]:
         problems.append(f"{report['widgetViews']} stored widget(s) not rendered")
     assert not problems, f"{rel}:\n  " + "\n  ".join(problems)
