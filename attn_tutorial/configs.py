@@ -254,6 +254,7 @@ _TRAIN_TRANSFORMER = dataclasses.replace(
     weight_decay=0.0,
     warmup_steps=300,
     keep_last_n=5,
+    keep_every_steps=250,  # also keep steps 250, 500, ...: averages over the last epochs (ship_model.py --average-spaced)
     amp=True,  # bf16 autocast, also on CPU: about 1.2x faster there
 )
 # lr 4e-3: 99% validation exact match after 275 steps (2e-3 needed about 425); benchmarks/date_task.py

@@ -141,6 +141,9 @@ class TrainConfig:
         checkpoint_every_steps: checkpoint every this many steps (``None``: at the end of every epoch).
             A checkpoint is also written when training ends, whatever the reason.
         keep_last_n: keep only the newest ``n`` step checkpoints (``None``: keep all).
+        keep_every_steps: rotation also spares every step checkpoint whose step is a multiple of this
+            (``None``: none), so that checkpoint averaging can reach further back than the newest
+            ``keep_last_n``. Must be a multiple of ``checkpoint_every_steps`` when that is set.
         seed: seeds Python, NumPy and PyTorch at the start of a fresh run (dropout, shuffling).
         device: ``"cpu"``, ``"cuda"``, ``"mps"``... (``None``: CUDA, then Apple MPS, then CPU).
         amp: mixed precision. ``None``: automatic, bf16 on GPUs that support it, else fp16 with a
@@ -166,6 +169,7 @@ class TrainConfig:
     checkpoint_dir: str | None = None
     checkpoint_every_steps: int | None = None
     keep_last_n: int | None = 3
+    keep_every_steps: int | None = None
     seed: int = 0
     device: str | None = None
     amp: bool | None = None
@@ -218,6 +222,10 @@ class TrainConfig:
         if self.checkpoint_every_steps is not None and self.checkpoint_dir is None:
             raise bad("checkpoint_every_steps", "None when checkpoint_dir is None (nowhere to write)")
         positive_int("keep_last_n", optional=True)
+        positive_int("keep_every_steps", optional=True)
+        if self.keep_every_steps is not None and self.checkpoint_every_steps is not None:
+            if self.keep_every_steps % self.checkpoint_every_steps:  # else those steps are never saved
+                raise bad("keep_every_steps", f"a multiple of checkpoint_every_steps={self.checkpoint_every_steps!r}")
         if not _is_int(self.seed) or self.seed < 0:
             raise bad("seed", "an int >= 0")
         if self.device is not None:
@@ -782,13 +790,13 @@ def latest_checkpoint(root: str | os.PathLike[str]) -> Path | None:
     return complete[-1] if complete else None
 
 
-def _rotate(root: Path, keep_last_n: int | None) -> None:
+def _rotate(root: Path, keep_last_n: int | None, keep_every_steps: int | None = None) -> None:
     dirs = _step_dirs(root)
     complete = [(s, p) for s, p, ok in dirs if ok]
     newest = complete[-1][0] if complete else -1
     doomed = [p for s, p, ok in dirs if not ok and s < newest]  # debris of interrupted saves
     if keep_last_n is not None:
-        doomed += [p for _, p in complete[:-keep_last_n]]
+        doomed += [p for s, p in complete[:-keep_last_n] if not (keep_every_steps and s % keep_every_steps == 0)]
     for p in doomed:
         shutil.rmtree(p, ignore_errors=True)
 
@@ -1345,7 +1353,7 @@ def fit(
             extra={"step_in_epoch": step_in_epoch},
         )
         last_saved = step
-        _rotate(ckpt_root, config.keep_last_n)
+        _rotate(ckpt_root, config.keep_last_n, config.keep_every_steps)
 
     def run_eval(epoch: int) -> bool:
         """Evaluate, update early stopping; True if training should stop."""

@@ -2,10 +2,12 @@
 
     python scripts/ship_model.py runs/gru-bahdanau --name bahdanau
     python scripts/ship_model.py runs/transformer --name transformer --average 1,2,3,4,5
+    python scripts/ship_model.py runs/transformer --name transformer --average-spaced 5,10 --every 250
     python scripts/ship_model.py --name luong --reevaluate    # same BLEU (checked), timings on idle cores
 
 1. Weights: the run's exported ``model.safetensors`` (its best or last checkpoint), or, with
-   ``--average``, every candidate "average of the newest N step checkpoints" for the N listed; the
+   ``--average``, every candidate "average of the newest N step checkpoints" for the N listed (with
+   ``--average-spaced``, of the newest N at multiples of ``--every`` steps, further apart); the
    candidate with the best *validation* BLEU (beam ``--select-beam``) is kept. Test sets are never
    used for a choice.
 2. The fp16 file must fit the 16 MiB limit of a shipped model (:data:`attn_tutorial.cli.SHIP_MAX_BYTES`).
@@ -49,8 +51,9 @@ def _bleu(model_dir: Path, split: str, beam: int, spec: DataSpec) -> tuple[float
     return corpus_bleu(hyps, [t for _, t in pairs]).score, time.perf_counter() - t0
 
 
-def _candidate(run: Path, out: Path, n: int | None) -> Path:
-    """A model directory in ``out`` with the run's own export (``n=None``) or the average of the newest n."""
+def _candidate(run: Path, out: Path, n: int | None, every: int | None = None) -> Path:
+    """A model directory in ``out`` with the run's own export (``n=None``) or the average of the newest n
+    step checkpoints (with ``every``: of the newest n whose step is a multiple of ``every``)."""
     out.mkdir(parents=True, exist_ok=True)
     shutil.copy(run / TOKENIZER_FILE, out / TOKENIZER_FILE)
     shutil.copy(run / CARD_FILE, out / CARD_FILE)
@@ -58,8 +61,10 @@ def _candidate(run: Path, out: Path, n: int | None) -> Path:
         shutil.copy(run / MODEL_FILE, out / MODEL_FILE)
         return out
     steps = sorted((p for p in (run / "checkpoints").iterdir() if p.name.startswith("step-")), key=lambda p: int(p.name.split("-")[1]))
+    if every:
+        steps = [p for p in steps if int(p.name.split("-")[1]) % every == 0]
     if len(steps) < n:
-        raise SystemExit(f"--average {n}: only {len(steps)} step checkpoints in {run / 'checkpoints'}")
+        raise SystemExit(f"--average {n}: only {len(steps)} step checkpoints{f' at multiples of {every}' if every else ''} in {run / 'checkpoints'}")
     chosen = steps[-n:]
     recipe = Recipe.from_dict(json.loads((run / CARD_FILE).read_text())["recipe"])
     model = build_model(recipe, load_tokenizer(run / TOKENIZER_FILE).vocab_size)
@@ -127,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reevaluate", action="store_true",
                     help="no RUN: decode the test sets again with the shipped NAME, check its BLEU, store new timings")
     ap.add_argument("--average", default="", help="comma-separated N: also try the average of the newest N checkpoints")
+    ap.add_argument("--average-spaced", default="",
+                    help="comma-separated N: also try the average of the newest N checkpoints whose step is a "
+                         "multiple of --every (those kept by TrainConfig.keep_every_steps)")
+    ap.add_argument("--every", type=int, default=250, help="spacing for --average-spaced (default 250)")
     ap.add_argument("--select-beam", type=int, default=5, help="beam used for the validation BLEU that selects (default 5)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
@@ -143,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         candidates: dict[str, Path] = {"run export": _candidate(run, Path(tmp) / "export", None)}
         for n in [int(x) for x in args.average.split(",") if x.strip()]:
             candidates[f"average of newest {n}"] = _candidate(run, Path(tmp) / f"avg{n}", n)
+        for n in [int(x) for x in args.average_spaced.split(",") if x.strip()]:
+            label = f"average of newest {n} at multiples of {args.every} steps"
+            candidates[label] = _candidate(run, Path(tmp) / f"avg{n}x{args.every}", n, args.every)
         selection: dict[str, float | None] = {}
         if len(candidates) == 1:  # nothing to choose: no validation decoding
             selection = {"run export": None}

@@ -202,6 +202,7 @@ def assert_same_weights(a: dict[str, Tensor], b: dict[str, Tensor]) -> None:
         ("eval_every", "step"),
         ("eval_every", 0),
         ("keep_last_n", 0),
+        ("keep_every_steps", 0),
         ("seed", -3),
         ("device", "cuba"),
         ("amp", "yes"),
@@ -634,6 +635,16 @@ def test_keep_last_n_rotation(tmp_path: Path) -> None:
     for p in tmp_path.iterdir():
         assert (p / CHECKPOINT_JSON).is_file()
         assert len(list(p.glob("*.safetensors"))) == 2  # weights + training state, nothing stale
+
+
+def test_keep_every_steps_spares_multiples_from_rotation(tmp_path: Path) -> None:
+    cfg = dataclasses.replace(BASE, epochs=1, checkpoint_dir=str(tmp_path), checkpoint_every_steps=1, keep_last_n=2,
+                              keep_every_steps=3)
+    fit(fresh_model(), make_batches(8, 0), config=cfg)
+    # the newest two (7, 8) and every multiple of 3 (3, 6); 1, 2, 4, 5 rotated away
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["step-00000003", "step-00000006", "step-00000007", "step-00000008"]
+    with pytest.raises(ValueError, match=r"keep_every_steps must be a multiple of checkpoint_every_steps=2, got 3"):
+        dataclasses.replace(cfg, checkpoint_every_steps=2)
 
 
 def test_average_checkpoints_is_the_elementwise_mean(tmp_path: Path) -> None:
