@@ -44,6 +44,7 @@ from .pretrained import (
     CARD_FILE,
     MODEL_FILE,
     TOKENIZER_FILE,
+    card_length_penalty,
     list_pretrained,
     load_pretrained,
     load_tokenizer,
@@ -398,8 +399,9 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
         raise CLIError(str(err)) from None
 
 
-def _decode_options(args: argparse.Namespace) -> dict[str, Any]:
-    return {"beam_size": args.beam, "length_penalty_alpha": args.alpha, "batch_size": args.batch_size, "max_len": args.max_len}
+def _decode_options(args: argparse.Namespace, card: dict[str, Any]) -> dict[str, Any]:
+    alpha = card_length_penalty(card) if args.alpha is None else args.alpha
+    return {"beam_size": args.beam, "length_penalty_alpha": alpha, "batch_size": args.batch_size, "max_len": args.max_len}
 
 
 def _utf8(stream: TextIO) -> None:
@@ -411,11 +413,11 @@ def _utf8(stream: TextIO) -> None:
 
 
 def _translate(args: argparse.Namespace) -> int:
-    model, tokenizer, _ = _load_model(args)
+    model, tokenizer, card = _load_model(args)
     _utf8(sys.stdin)
     _utf8(sys.stdout)
     lines = _read_lines(sys.stdin)
-    outputs = translate_sentences(model, tokenizer, lines, **_decode_options(args))
+    outputs = translate_sentences(model, tokenizer, lines, **_decode_options(args, card))
     assert len(outputs) == len(lines)
     sys.stdout.write("".join(f"{o}\n" for o in outputs))
     sys.stdout.flush()
@@ -427,7 +429,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     spec = DataSpec(**card["recipe"]["data"])
     pairs = _limit(load_split(spec, args.split), args.limit)
     t0 = time.perf_counter()
-    hyps = translate_sentences(model, tokenizer, [s for s, _ in pairs], **_decode_options(args))
+    options = _decode_options(args, card)
+    hyps = translate_sentences(model, tokenizer, [s for s, _ in pairs], **options)
     seconds = time.perf_counter() - t0
     score = corpus_bleu(hyps, [t for _, t in pairs])
     signature = bleu_signature()
@@ -437,6 +440,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             "split": args.split,
             "sentences": len(pairs),
             "beam": args.beam,
+            "length_penalty_alpha": options["length_penalty_alpha"],
             "score": score.score,
             "signature": signature,
             "bleu": score.format(signature=signature),
@@ -464,10 +468,22 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _nonnegative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a float >= 0, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite float >= 0, got {text!r}")
+    return value
+
+
 def _add_decoding_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a shipped model's name or a model directory (from 'train')")
     p.add_argument("--beam", type=_positive_int, default=1, help="beam size (1 = greedy, the default)")
-    p.add_argument("--alpha", type=float, default=0.6, help="GNMT length penalty of beam search (default 0.6)")
+    p.add_argument("--alpha", type=_nonnegative_float, default=None,
+                   help="GNMT length penalty of beam search (default: the one in the model's card, chosen on "
+                        "validation BLEU, else 0.6)")
     p.add_argument("--max-len", type=_positive_int, default=None, help="cap on output tokens per sentence")
     p.add_argument("--batch-size", type=_positive_int, default=64, help="sentences decoded together (default 64)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1, mps (default: the best available)")

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,25 @@ __all__ = [
     "load_tokenizer",
     "load_pretrained",
     "translate_sentences",
+    "DEFAULT_LENGTH_PENALTY_ALPHA",
+    "card_length_penalty",
 ]
 
 #: File names inside a model directory.
 MODEL_FILE = "model.safetensors"
 TOKENIZER_FILE = "tokenizer.json"
 CARD_FILE = "card.json"
+#: GNMT length penalty of beam search when a model's card names none (:cite:t:`wu2016gnmt` use 0.6-1.0).
+DEFAULT_LENGTH_PENALTY_ALPHA = 0.6
+
+
+def card_length_penalty(card: Mapping[str, Any]) -> float:
+    """The beam-search length penalty ``alpha`` a model's card records (``card["eval"]["length_penalty_alpha"]``,
+    chosen on validation BLEU by ``scripts/ship_model.py``), else :data:`DEFAULT_LENGTH_PENALTY_ALPHA`."""
+    value = (card.get("eval") or {}).get("length_penalty_alpha", DEFAULT_LENGTH_PENALTY_ALPHA)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
+        raise ValueError(f"card eval.length_penalty_alpha must be a float >= 0, got {value!r}")
+    return float(value)
 
 
 def pretrained_root() -> Path:
@@ -160,7 +173,7 @@ def translate_sentences(
     sentences: Sequence[str],
     *,
     beam_size: int = 1,
-    length_penalty_alpha: float = 0.6,
+    length_penalty_alpha: float = DEFAULT_LENGTH_PENALTY_ALPHA,
     batch_size: int = 64,
     max_len: int | None = None,
     max_len_a: float = 2.0,

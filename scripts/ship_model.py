@@ -8,8 +8,9 @@
 1. Weights: the run's exported ``model.safetensors`` (its best or last checkpoint), or, with
    ``--average``, every candidate "average of the newest N step checkpoints" for the N listed (with
    ``--average-spaced``, of the newest N at multiples of ``--every`` steps, further apart); the
-   candidate with the best *validation* BLEU (beam ``--select-beam``) is kept. Test sets are never
-   used for a choice.
+   candidate with the best *validation* BLEU (beam ``--select-beam``) is kept. Then, with ``--alphas``,
+   the beam-search length penalty with the best validation BLEU for those weights; the card records
+   it and ``attn-tutorial translate/evaluate`` use it by default. Test sets are never used for a choice.
 2. The fp16 file must fit the 16 MiB limit of a shipped model (:data:`attn_tutorial.cli.SHIP_MAX_BYTES`).
 3. ``card.json`` gains ``test_bleu``: sacreBLEU (cased, detokenised, 13a) on test_2016_flickr and
    test_2017_flickr with greedy decoding and beam 5, computed here with the same code path as
@@ -35,7 +36,17 @@ from attn_tutorial.cli import SHIP_MAX_BYTES
 from attn_tutorial.configs import DataSpec, Recipe, build_model
 from attn_tutorial.data import load_multi30k
 from attn_tutorial.metrics import bleu_signature, corpus_bleu
-from attn_tutorial.pretrained import CARD_FILE, MODEL_FILE, TOKENIZER_FILE, load_pretrained, load_tokenizer, pretrained_root, translate_sentences
+from attn_tutorial.pretrained import (
+    CARD_FILE,
+    DEFAULT_LENGTH_PENALTY_ALPHA,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    card_length_penalty,
+    load_pretrained,
+    load_tokenizer,
+    pretrained_root,
+    translate_sentences,
+)
 from attn_tutorial.train import average_checkpoints, export_fp16, load_checkpoint, save_checkpoint
 
 #: What the card reports for every shipped model (the test reproduces each entry).
@@ -43,11 +54,11 @@ EVAL_SPLITS = ("test_2016_flickr", "test_2017_flickr")
 EVAL_BEAMS = {"greedy": 1, "beam5": 5}
 
 
-def _bleu(model_dir: Path, split: str, beam: int, spec: DataSpec) -> tuple[float, float]:
+def _bleu(model_dir: Path, split: str, beam: int, spec: DataSpec, alpha: float = DEFAULT_LENGTH_PENALTY_ALPHA) -> tuple[float, float]:
     model, tokenizer, _ = load_pretrained(model_dir)
     pairs = load_multi30k(split, spec.src_lang, spec.tgt_lang)
     t0 = time.perf_counter()
-    hyps = translate_sentences(model, tokenizer, [s for s, _ in pairs], beam_size=beam)
+    hyps = translate_sentences(model, tokenizer, [s for s, _ in pairs], beam_size=beam, length_penalty_alpha=alpha)
     return corpus_bleu(hyps, [t for _, t in pairs]).score, time.perf_counter() - t0
 
 
@@ -80,23 +91,24 @@ def _candidate(run: Path, out: Path, n: int | None, every: int | None = None) ->
     return out
 
 
-def _evaluate(model_dir: Path, spec: DataSpec) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
-    """Test BLEU and decoding seconds of ``model_dir`` for every split and beam the card reports."""
+def _evaluate(model_dir: Path, spec: DataSpec, alpha: float) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+    """Test BLEU and decoding seconds of ``model_dir`` for every split and beam the card reports (beam
+    search with length penalty ``alpha``)."""
     results: dict[str, dict[str, float]] = {}
     seconds: dict[str, dict[str, float]] = {}
     for split in EVAL_SPLITS:
         for label, beam in EVAL_BEAMS.items():
-            score, secs = _bleu(model_dir, split, beam, spec)
+            score, secs = _bleu(model_dir, split, beam, spec, alpha)
             results.setdefault(split, {})[label] = round(score, 2)
             seconds.setdefault(split, {})[label] = round(secs, 1)
             print(f"{split} {label}: BLEU {score:.2f} ({secs:.0f}s)", flush=True)
     return results, seconds
 
 
-def _eval_record(seconds: dict[str, dict[str, float]]) -> dict[str, object]:
+def _eval_record(seconds: dict[str, dict[str, float]], alpha: float) -> dict[str, object]:
     return {
         "bleu_signature": bleu_signature(),
-        "length_penalty_alpha": 0.6,
+        "length_penalty_alpha": alpha,
         "batch_size": 64,
         "decode_seconds": seconds,
         "decode_device": "cpu",
@@ -114,12 +126,13 @@ def reevaluate(name: str) -> int:
     """
     model_dir = pretrained_root() / name
     card = json.loads((model_dir / CARD_FILE).read_text())
-    results, seconds = _evaluate(model_dir, DataSpec(**card["recipe"]["data"]))
+    alpha = card_length_penalty(card)
+    results, seconds = _evaluate(model_dir, DataSpec(**card["recipe"]["data"]), alpha)
     for split, scores in results.items():
         for label, score in scores.items():
             if abs(score - card["test_bleu"][split][label]) > 0.05:
                 raise SystemExit(f"{name} {split} {label}: BLEU {score} but the card says {card['test_bleu'][split][label]}")
-    card["eval"] = _eval_record(seconds)
+    card["eval"] = _eval_record(seconds, alpha)
     (model_dir / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
     print(f"re-timed {model_dir}: {json.dumps(seconds)}")
     return 0
@@ -137,6 +150,9 @@ def main(argv: list[str] | None = None) -> int:
                          "multiple of --every (those kept by TrainConfig.keep_every_steps)")
     ap.add_argument("--every", type=int, default=250, help="spacing for --average-spaced (default 250)")
     ap.add_argument("--select-beam", type=int, default=5, help="beam used for the validation BLEU that selects (default 5)")
+    ap.add_argument("--alphas", default=str(DEFAULT_LENGTH_PENALTY_ALPHA),
+                    help="comma-separated GNMT length penalties: the best on validation BLEU (beam --select-beam, "
+                         "chosen weights) goes in the card and is what beam search uses (default 0.6 only)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.threads:
@@ -164,6 +180,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"val BLEU beam {args.select_beam} {score:.2f}  {label}  ({secs:.0f}s)", flush=True)
         best = max(selection, key=lambda k: selection[k] or 0.0)
         chosen = candidates[best]
+        alphas = [float(x) for x in args.alphas.split(",") if x.strip()]
+        alpha_scores: dict[str, float] = {}
+        for alpha in alphas if len(alphas) > 1 else ():
+            score, secs = _bleu(chosen, "val", args.select_beam, spec, alpha)
+            alpha_scores[str(alpha)] = round(score, 2)
+            print(f"val BLEU beam {args.select_beam} {score:.2f}  alpha {alpha}  ({secs:.0f}s)", flush=True)
+        alpha = max(alphas, key=lambda a: alpha_scores.get(str(a), 0.0))
         size = (chosen / MODEL_FILE).stat().st_size
         if size > SHIP_MAX_BYTES:
             raise SystemExit(f"{MODEL_FILE} is {size} bytes, over the {SHIP_MAX_BYTES} a shipped model may take")
@@ -172,14 +195,19 @@ def main(argv: list[str] | None = None) -> int:
         history = load_checkpoint(final, load_training_state=False).metadata.get("history") if final.is_dir() else None
         if history:  # the training curves, for the chapters' plots
             card["history"] = history
-        results, seconds = _evaluate(chosen, spec)
+        results, seconds = _evaluate(chosen, spec, alpha)
         card.update(
             {
                 "name": args.name,
                 "model_bytes": size,
-                "selection": {"by": f"validation BLEU, beam {args.select_beam}", "candidates": selection, "chosen": best},
+                "selection": {
+                    "by": f"validation BLEU, beam {args.select_beam}",
+                    "candidates": selection,
+                    "chosen": best,
+                    "length_penalty_alpha": {"candidates": alpha_scores, "chosen": alpha},
+                },
                 "test_bleu": results,
-                "eval": _eval_record(seconds),
+                "eval": _eval_record(seconds, alpha),
             }
         )
         (chosen / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")

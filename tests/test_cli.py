@@ -69,7 +69,7 @@ from hypothesis import strategies as st  # noqa: E402
 from attn_tutorial import data as data_module  # noqa: E402
 from attn_tutorial.cli import _read_lines  # noqa: E402
 from attn_tutorial.data import date_dataset, date_vocab  # noqa: E402
-from attn_tutorial.pretrained import load_pretrained, load_tokenizer, translate_sentences  # noqa: E402
+from attn_tutorial.pretrained import CARD_FILE, load_pretrained, load_tokenizer, translate_sentences  # noqa: E402
 from attn_tutorial.train import load_checkpoint  # noqa: E402
 
 TINY_DATES = [
@@ -220,6 +220,27 @@ def test_evaluate_prints_sacrebleu_with_signature_and_matches_sacrebleu(
     assert report["signature"] == signature
     text = _run(argv, "", capsys, monkeypatch).strip()
     assert text.startswith(f"BLEU|{signature} = {expected.score:.2f} ")
+
+
+def test_beam_length_penalty_defaults_to_the_cards(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """``--alpha`` omitted: the card's ``eval.length_penalty_alpha`` (chosen on validation when shipped)."""
+    val = date_dataset(64, 12, 12, seed=0).val
+    model, tokenizer, _ = _cached_model(model_dir)
+    copy = tmp_path / "model"
+    shutil.copytree(model_dir, copy)
+    card = json.loads((copy / CARD_FILE).read_text())
+    card["eval"] = {"length_penalty_alpha": 2.5}
+    (copy / CARD_FILE).write_text(json.dumps(card))
+    argv = ["evaluate", "--model", str(copy), "--split", "val", "--beam", "3", "--max-len", "12", "--json"]
+    for extra, alpha in (([], 2.5), (["--alpha", "0"], 0.0)):
+        report = json.loads(_run([*argv, *extra], "", capsys, monkeypatch))
+        hyps = translate_sentences(model, tokenizer, [s for s, _ in val], beam_size=3, max_len=12, length_penalty_alpha=alpha)
+        assert report["length_penalty_alpha"] == alpha
+        assert report["score"] == pytest.approx(sacrebleu.corpus_bleu(hyps, [[t for _, t in val]]).score, abs=1e-9)
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--alpha", "-1"])
+    assert exc.value.code == 2 and "--alpha: expected a finite float >= 0, got '-1'" in capsys.readouterr().err
 
 
 def test_errors_exit_2_with_one_clear_line(model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],

@@ -253,3 +253,12 @@ def test_shipped_folder_if_present_holds_only_complete_small_models() -> None:
         assert size <= 16 * 2**20, f"{name}: {size} bytes"
         card = json.loads((root / name / pretrained.CARD_FILE).read_text())
         assert {"recipe", "command", "seed", "val_bleu", "git_commit"} <= set(card)
+
+
+def test_card_length_penalty_reads_the_card_or_falls_back() -> None:
+    assert pretrained.card_length_penalty({}) == pretrained.DEFAULT_LENGTH_PENALTY_ALPHA == 0.6
+    assert pretrained.card_length_penalty({"eval": {"bleu_signature": "x"}}) == 0.6
+    assert pretrained.card_length_penalty({"eval": {"length_penalty_alpha": 1}}) == 1.0
+    for bad in (-0.5, "1.0", True, float("nan")):
+        with pytest.raises(ValueError, match="length_penalty_alpha must be a float >= 0"):
+            pretrained.card_length_penalty({"eval": {"length_penalty_alpha": bad}})

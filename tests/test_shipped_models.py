@@ -25,7 +25,7 @@ import torch
 from attn_tutorial.cli import SHIP_MAX_BYTES
 from attn_tutorial.data import DATA_ENV_VAR, load_multi30k
 from attn_tutorial.metrics import bleu_signature, corpus_bleu
-from attn_tutorial.pretrained import CARD_FILE, MODEL_FILE, TOKENIZER_FILE, list_pretrained, load_pretrained, pretrained_root, translate_sentences
+from attn_tutorial.pretrained import CARD_FILE, MODEL_FILE, TOKENIZER_FILE, card_length_penalty, list_pretrained, load_pretrained, pretrained_root, translate_sentences
 
 EXPECTED = ("gru-none", "bahdanau", "luong", "transformer")
 SPLITS = ("test_2016_flickr", "test_2017_flickr")
@@ -76,7 +76,7 @@ def test_card_bleu_is_reproduced(name: str, split: str, two_threads: None) -> No
     pairs = load_multi30k(split)
     sources, refs = [s for s, _ in pairs], [t for _, t in pairs]
     for label, beam in BEAMS.items():
-        hyps = translate_sentences(model, tokenizer, sources, beam_size=beam)
+        hyps = translate_sentences(model, tokenizer, sources, beam_size=beam, length_penalty_alpha=card_length_penalty(card))
         score = corpus_bleu(hyps, refs).score
         assert score == pytest.approx(card["test_bleu"][split][label], abs=BLEU_TOL), (name, split, label)
 
