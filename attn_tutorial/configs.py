@@ -241,8 +241,10 @@ _TRANSFORMER_MULTI30K = {
     "num_encoder_layers": 3,
     "num_decoder_layers": 3,
     "d_ff": 1024,
-    "dropout": 0.1,
-    "attn_dropout": 0.0,
+    # Dropout 0.1 with no attention dropout over-fitted 29k sentences: validation loss lowest at epoch 10
+    # (1.92), 1.97 at epoch 20, validation BLEU 37.3 greedy. 0.3 and 0.1: 1.79 at 20 and still falling, 38.4.
+    "dropout": 0.3,
+    "attn_dropout": 0.1,
     "norm_first": True,
     "positions": "sinusoidal",
     "share_embeddings": True,
@@ -250,7 +252,8 @@ _TRANSFORMER_MULTI30K = {
 }
 _TRAIN_TRANSFORMER = dataclasses.replace(
     _TRAIN_MULTI30K,
-    epochs=20,  # the shipped run: validation loss lowest at epoch 10 (1.92), 1.97 at 20; validation BLEU 37.3 greedy at 20
+    epochs=20,
+    lr=2e-3,  # with dropout 0.3: validation loss 1.75 at epoch 20 and 39.2 BLEU greedy, against 1.79 and 38.4 with 1e-3
     weight_decay=0.0,
     warmup_steps=300,
     keep_last_n=5,

@@ -85,8 +85,6 @@ def _test2016(name: str) -> dict[str, float]:
     return json.loads((pretrained_root() / name / CARD_FILE).read_text())["test_bleu"]["test_2016_flickr"]
 
 
-@pytest.mark.xfail(strict=True, reason="issue 5's gate (Transformer beam 5 >= 40 on test2016) is not met yet: the shipped "
-                   "model scores 37.69 (20 epochs on one CPU thread); strict, so this fails once a better model ships")
 def test_transformer_quality_gate() -> None:
     """Issue 5's gate, on the card that ``test_card_bleu_is_reproduced`` recomputes: beam 5 >= 40."""
     assert _test2016("transformer")["beam5"] >= 40.0, _test2016("transformer")
