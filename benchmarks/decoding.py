@@ -14,7 +14,8 @@ them) three ways, in batches of ``--batch-size`` sentences sorted by length (as
 * greedy *without* the cache: a wrapper whose ``decode_step`` calls
   :meth:`attn_tutorial.transformer.Transformer.decode_step_uncached` on the whole prefix, so step ``t``
   recomputes the decoder for all ``t`` tokens;
-* beam search with ``--beam`` hypotheses (GNMT length penalty 0.6), with the cache.
+* beam search with ``--beam`` hypotheses (each model's GNMT length penalty from its card, as
+  ``attn-tutorial translate`` uses it), with the cache.
 
 and each shipped GRU model (``gru-none``, ``bahdanau``, ``luong``) greedily and with the beam. It
 prints sentences per second (wall clock) and the CPU time of this process next to it (on a machine
@@ -37,7 +38,7 @@ from torch import Tensor
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from attn_tutorial import beam_search, collate, greedy_decode, list_pretrained, load_multi30k, load_pretrained  # noqa: E402
+from attn_tutorial import beam_search, card_length_penalty, collate, greedy_decode, list_pretrained, load_multi30k, load_pretrained  # noqa: E402
 from attn_tutorial.data import DEFAULT_MAX_LEN  # noqa: E402
 from attn_tutorial.decoding import DecodeResult  # noqa: E402
 from attn_tutorial.transformer import Transformer  # noqa: E402
@@ -90,7 +91,7 @@ def make_batches(tokenizer: object, sentences: list[str], batch_size: int) -> li
     return batches
 
 
-def decode_all(decoder: object, batches: list[tuple[Tensor, Tensor]], beam: int) -> tuple[float, float, list[list[int]]]:
+def decode_all(decoder: object, batches: list[tuple[Tensor, Tensor]], beam: int, alpha: float = 0.0) -> tuple[float, float, list[list[int]]]:
     """Decode every batch; return (wall seconds, CPU seconds of this process, output tokens in batch order)."""
     tokens: list[list[int]] = []
     wall, cpu = time.perf_counter(), time.process_time()
@@ -99,7 +100,7 @@ def decode_all(decoder: object, batches: list[tuple[Tensor, Tensor]], beam: int)
         if beam == 1:
             result = greedy_decode(decoder, src, src_mask)  # type: ignore[arg-type]
         else:
-            result = beam_search(decoder, src, src_mask, beam, length_penalty_alpha=0.6)  # type: ignore[arg-type]
+            result = beam_search(decoder, src, src_mask, beam, length_penalty_alpha=alpha)  # type: ignore[arg-type]
         tokens += result.tokens
     return time.perf_counter() - wall, time.process_time() - cpu, tokens
 
@@ -127,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     n = len(sentences)
     print(f"device cpu ({platform.processor() or platform.machine()}), {torch.get_num_threads()} thread(s), "
           f"torch {torch.__version__}, python {platform.python_version()}")
-    print(f"{n} sentences of {args.split}, batches of {args.batch_size}, beam {args.beam} (length penalty 0.6)")
+    print(f"{n} sentences of {args.split}, batches of {args.batch_size}, beam {args.beam} (each model's length penalty)")
     ok = True
     for name in names:
         model, tokenizer, card = load_pretrained(name)
@@ -141,8 +142,9 @@ def main(argv: list[str] | None = None) -> int:
             same = sum(a == b for a, b in zip(cached, uncached))
             print(f"cache speed-up: {wall_u / wall:.2f}x wall, {cpu_u / cpu:.2f}x cpu; identical outputs: {same}/{n}")
             ok &= same == n
-        wall_b, cpu_b, beamed = decode_all(model, batches, args.beam)
-        report(f"beam {args.beam}" + (", key/value cache" if isinstance(model, Transformer) else ""), n, wall_b, cpu_b, beamed)
+        alpha = card_length_penalty(card)
+        wall_b, cpu_b, beamed = decode_all(model, batches, args.beam, alpha)
+        report(f"beam {args.beam}, alpha {alpha}" + (", key/value cache" if isinstance(model, Transformer) else ""), n, wall_b, cpu_b, beamed)
     if not ok:
         print("FAILED: greedy decoding with and without the key/value cache gave different outputs")
     return 0 if ok else 1

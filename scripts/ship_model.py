@@ -2,7 +2,7 @@
 
     python scripts/ship_model.py runs/gru-bahdanau --name bahdanau
     python scripts/ship_model.py runs/transformer --name transformer --average 1,2,3,4,5
-    python scripts/ship_model.py runs/transformer --name transformer --average-spaced 5,10 --every 250
+    python scripts/ship_model.py runs/transformer --name transformer --average-spaced 5,10
     python scripts/ship_model.py --name luong --reevaluate    # same BLEU (checked), timings on idle cores
     python scripts/ship_model.py --name luong --reevaluate --alphas 0.6,1.0,1.5   # choose alpha on validation
 
@@ -168,7 +168,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--average-spaced", default="",
                     help="comma-separated N: also try the average of the newest N checkpoints whose step is a "
                          "multiple of --every (those kept by TrainConfig.keep_every_steps)")
-    ap.add_argument("--every", type=int, default=250, help="spacing for --average-spaced (default 250)")
+    ap.add_argument("--every", type=int, default=None,
+                    help="spacing for --average-spaced (default: the run's TrainConfig.keep_every_steps)")
     ap.add_argument("--select-beam", type=int, default=5, help="beam used for the validation BLEU that selects (default 5)")
     ap.add_argument("--alphas", default=str(DEFAULT_LENGTH_PENALTY_ALPHA),
                     help="comma-separated GNMT length penalties: the best on validation BLEU (beam --select-beam, "
@@ -189,9 +190,12 @@ def main(argv: list[str] | None = None) -> int:
         candidates: dict[str, Path] = {"run export": _candidate(run, Path(tmp) / "export", None)}
         for n in [int(x) for x in args.average.split(",") if x.strip()]:
             candidates[f"average of newest {n}"] = _candidate(run, Path(tmp) / f"avg{n}", n)
+        every = args.every or card["recipe"]["train"].get("keep_every_steps")
         for n in [int(x) for x in args.average_spaced.split(",") if x.strip()]:
-            label = f"average of newest {n} at multiples of {args.every} steps"
-            candidates[label] = _candidate(run, Path(tmp) / f"avg{n}x{args.every}", n, args.every)
+            if not every:
+                raise SystemExit("--average-spaced: the run kept no spaced checkpoints (no keep_every_steps); give --every")
+            label = f"average of newest {n} at multiples of {every} steps"
+            candidates[label] = _candidate(run, Path(tmp) / f"avg{n}x{every}", n, every)
         selection: dict[str, float | None] = {}
         if len(candidates) == 1:  # nothing to choose: no validation decoding
             selection = {"run export": None}
