@@ -48,9 +48,11 @@ class MultiHeadAttention(nn.Module):
     a 3-D mask is read as ``(B, Lq, Lk)`` (a heads dimension is inserted, so it is *not* right-aligned
     against ``(B, H, Lq, Lk)``). A key padding mask ``padding`` ``(B, Lk)`` with ``True`` = real token is
     passed as ``mask=padding[:, None, None, :]`` (see :func:`~attn_tutorial.attention.key_padding_to_attn_mask`);
-    ``nn.MultiheadAttention``'s ``key_padding_mask`` means the opposite, pass ``(~key_padding_mask)[:, None, None, :]``.
+    ``nn.MultiheadAttention``'s ``key_padding_mask`` and its boolean ``attn_mask`` mean the opposite (``True`` =
+    blocked), pass ``(~key_padding_mask)[:, None, None, :]``.
     ``is_causal=True`` adds the top-left causal mask (AND). A query with every key masked gets a zero output,
-    where ``nn.MultiheadAttention`` returns NaN.
+    where ``nn.MultiheadAttention`` returns NaN with its default ``need_weights=True`` (zeros with
+    ``need_weights=False``, checked on torch 2.13).
 
     Shape:
         ``query`` ``(B, Lq, E)``, ``key`` ``(B, Lk, kdim)``, ``value`` ``(B, Lk, vdim)``
