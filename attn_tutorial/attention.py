@@ -317,6 +317,18 @@ def _scores_shape(query: Tensor, key: Tensor) -> tuple[int, ...]:
     return (*batch, query.shape[-2], key.shape[-2])
 
 
+def _check_bias(bias: object, query: Tensor, target: Sequence[int]) -> Tensor:
+    """Check that an additive ``bias`` is a floating tensor of the query's dtype broadcasting to ``target``."""
+    if not isinstance(bias, Tensor) or not bias.is_floating_point():
+        got = f"dtype {bias.dtype}" if isinstance(bias, Tensor) else type(bias).__name__
+        raise TypeError(f"bias must be a floating-point torch.Tensor added to the scores, got {got}; pass boolean masks as mask")
+    if bias.dtype != query.dtype:
+        raise TypeError(f"bias has dtype {bias.dtype} but query has {query.dtype}; expected the same dtype")
+    if _broadcast(bias.shape, tuple(target)) != tuple(target):
+        raise ValueError(f"bias has shape {_shape(bias)} which does not broadcast to the attention scores shape {tuple(target)}")
+    return bias
+
+
 def scaled_dot_product_attention(
     query: Tensor,
     key: Tensor,
@@ -326,6 +338,7 @@ def scaled_dot_product_attention(
     scale: float | None = None,
     dropout_p: float = 0.0,
     is_causal: bool = False,
+    bias: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Scaled dot-product attention, written out so that the weights can be returned.
 
@@ -338,6 +351,10 @@ def scaled_dot_product_attention(
         scale: multiplies the scores; default ``1 / sqrt(Dk)``.
         dropout_p: dropout on the weights, applied whenever ``dropout_p > 0`` (pass 0 in evaluation).
         is_causal: also apply :func:`causal_mask` (top-left aligned); combined with ``mask`` by AND.
+        bias: float, broadcastable to ``(..., Lq, Lk)``, added to the scaled scores before the softmax:
+            :math:`\\mathrm{softmax}(Q K^\\top / \\sqrt{d_k} + B)`, e.g. ALiBi
+            (:func:`~attn_tutorial.positional.alibi_bias`) or a T5-style relative bias
+            :cite:p:`press2022alibi,raffel2020t5`. ``-inf`` entries act as masked keys.
 
     Returns:
         ``(output, weights)``; ``weights`` are the ones actually used for the output, i.e. *after*
@@ -365,6 +382,8 @@ def scaled_dot_product_attention(
     if scale is None:
         scale = 1.0 / math.sqrt(query.shape[-1])
     scores = (query * scale) @ key.transpose(-2, -1)  # (..., Lq, Lk); scaling q is cheaper than scaling scores
+    if bias is not None:
+        scores = scores + _check_bias(bias, query, scores_shape)  # (..., Lq, Lk)
     weights = masked_softmax(scores, mask, dim=-1)  # (..., Lq, Lk)
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p, training=True)
@@ -380,6 +399,7 @@ def fused_attention(
     scale: float | None = None,
     dropout_p: float = 0.0,
     is_causal: bool = False,
+    bias: Tensor | None = None,
 ) -> tuple[Tensor, None]:
     """The fast path: the same computation as :func:`scaled_dot_product_attention` through PyTorch's fused
     ``torch.nn.functional.scaled_dot_product_attention`` (flash / memory-efficient kernels).
@@ -391,12 +411,26 @@ def fused_attention(
     output. Some backends return NaN there; those rows are then zeroed with one elementwise pass over
     the output (skipped on the CPU with PyTorch >= 2.5, whose kernels already return zeros).
 
-    Args and Shape: as :func:`scaled_dot_product_attention`; ``mask`` is boolean, ``True`` = may attend.
+    Args and Shape: as :func:`scaled_dot_product_attention`; ``mask`` is boolean, ``True`` = may attend;
+    ``bias`` (float) becomes PyTorch's float ``attn_mask``, with the masked entries set to ``-inf``.
 
     Reference: :cite:p:`dao2022flashattention`.
     """
     _check_qkv(query, key, value)
     _check_dropout(dropout_p)
+    if bias is not None:
+        shape = _scores_shape(query, key)
+        _check_bias(bias, query, shape)
+        allowed = bias > float("-inf")  # what the bias itself leaves visible
+        if mask is not None:
+            _check_mask(mask, shape, "attention scores (..., Lq, Lk)")
+            allowed = allowed & mask
+        if is_causal:
+            allowed = allowed & causal_mask(query.shape[-2], key.shape[-2], device=query.device)
+        float_mask = bias.masked_fill(~allowed, float("-inf"))
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=float_mask, dropout_p=dropout_p, scale=scale)
+        row_visible = allowed.any(dim=-1, keepdim=True)  # a float mask gives NaN for rows with nothing visible
+        return out.masked_fill(~row_visible.expand(out.shape), 0.0), None
     if mask is not None:
         _check_mask(mask, _scores_shape(query, key), "attention scores (..., Lq, Lk)")
         if is_causal:

@@ -414,6 +414,8 @@ def _utf8(stream: TextIO) -> None:
 
 def _translate(args: argparse.Namespace) -> int:
     model, tokenizer, card = _load_model(args)
+    if args.no_kv_cache and hasattr(model, "use_kv_cache"):
+        model.use_kv_cache = False  # Transformer.decode_step then re-runs the decoder over the prefix
     _utf8(sys.stdin)
     _utf8(sys.stdout)
     lines = _read_lines(sys.stdin)
@@ -535,6 +537,11 @@ def build_parser() -> argparse.ArgumentParser:
         f"order, an empty line for an empty line. Shipped models: {', '.join(list_pretrained()) or 'none yet'}.",
     )
     _add_decoding_options(tr)
+    tr.add_argument(
+        "--no-kv-cache", action="store_true",
+        help="Transformer models: recompute the decoder over the whole prefix at every step instead of keeping "
+             "a key/value cache (same output, slower; for measuring what the cache buys). Recurrent models have no such cache",
+    )
     tr.set_defaults(func=_translate)
 
     ev = sub.add_parser("evaluate", help="sacreBLEU of a model on a split, with its signature")

@@ -12,7 +12,7 @@ import numpy as np
 
 # The functions keep their natural names inside this module (``numpy_ref.masked_softmax``); the package
 # re-exports them with an ``np_`` prefix so they never shadow the PyTorch versions of the same name.
-__all__ = ["np_softmax", "np_masked_softmax", "np_scaled_dot_product_attention", "np_multi_head_attention"]
+__all__ = ["np_softmax", "np_masked_softmax", "np_scaled_dot_product_attention", "np_multi_head_attention", "np_tiled_attention"]
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -92,7 +92,47 @@ def multi_head_attention(
     return linear(merged, w_o, b_o), weights
 
 
+def tiled_attention(
+    q: np.ndarray, k: np.ndarray, v: np.ndarray, mask: np.ndarray | None = None, block_size: int = 64
+) -> np.ndarray:
+    """Exact attention one tile at a time with the online softmax :cite:p:`milakov2018online`.
+
+    For every query block, walk over the key blocks keeping per query the running max ``m``, the running
+    sum ``ell`` and the unnormalised output ``acc``; when a block raises the max, shrink the old sums by
+    ``exp(m_old - m_new)``. Only a ``(block, block)`` tile of scores exists at any time. A query with no
+    visible key gets a zero output. The PyTorch version is :func:`attn_tutorial.efficient.tiled_attention`.
+
+    Shape: ``q`` ``(..., Lq, D)``, ``k`` ``(..., Lk, D)``, ``v`` ``(..., Lk, Dv)``, ``mask`` broadcastable to
+    ``(..., Lq, Lk)`` (True = may attend) -> ``(..., Lq, Dv)``.
+    """
+    q, k, v = (np.asarray(t, dtype=np.float64) for t in (q, k, v))
+    Lq, Lk = q.shape[-2], k.shape[-2]
+    batch = np.broadcast_shapes(q.shape[:-2], k.shape[:-2], v.shape[:-2])
+    if mask is not None:
+        mask = np.broadcast_to(mask, (*batch, Lq, Lk))
+    out = np.zeros((*batch, Lq, v.shape[-1]))
+    scale = 1.0 / np.sqrt(q.shape[-1])
+    for qs in range(0, Lq, block_size):
+        qb = q[..., qs : qs + block_size, :] * scale
+        m = np.full((*batch, qb.shape[-2], 1), -np.inf)  # running max
+        ell = np.zeros((*batch, qb.shape[-2], 1))  # running sum of exp(s - m)
+        acc = np.zeros((*batch, qb.shape[-2], v.shape[-1]))  # running sum of exp(s - m) * v
+        for ks in range(0, Lk, block_size):
+            s = qb @ np.swapaxes(k[..., ks : ks + block_size, :], -1, -2)  # one tile of scores
+            if mask is not None:
+                s = np.where(mask[..., qs : qs + block_size, ks : ks + block_size], s, -np.inf)
+            m_new = np.maximum(m, s.max(axis=-1, keepdims=True))
+            shift = np.where(np.isfinite(m_new), m_new, 0.0)  # nothing visible yet: any shift will do
+            p = np.exp(s - shift)
+            ell = np.exp(m - shift) * ell + p.sum(axis=-1, keepdims=True)
+            acc = np.exp(m - shift) * acc + p @ v[..., ks : ks + block_size, :]
+            m = m_new
+        out[..., qs : qs + block_size, :] = acc / np.where(ell > 0, ell, 1.0)
+    return out
+
+
 np_softmax = softmax
 np_masked_softmax = masked_softmax
 np_scaled_dot_product_attention = scaled_dot_product_attention
 np_multi_head_attention = multi_head_attention
+np_tiled_attention = tiled_attention

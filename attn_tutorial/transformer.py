@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from .attention import fused_attention, scaled_dot_product_attention, select_positions
+from .efficient import append_kv, reorder_kv
 from .multihead import MultiHeadAttention
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, apply_rope
 
@@ -252,8 +253,7 @@ class DecoderLayer(nn.Module):
         if rope:
             pos = torch.tensor([position], device=x.device)
             q, k = apply_rope(q, pos), apply_rope(k, pos)
-        if cache is not None:
-            k, v = torch.cat([cache[0], k], 2), torch.cat([cache[1], v], 2)  # (B, H, t + 1, Dh)
+        k, v = append_kv(cache, k, v)  # (B, H, t + 1, Dh)
         a, _ = _attend(sa, q, k, v, None, need_weights=False)  # the new position may see every cached one
         x = x + self.dropout(a) if self.c.norm_first else self.norm1(x + self.dropout(a))
         h = self.norm2(x) if self.c.norm_first else x
@@ -277,7 +277,9 @@ class TransformerState:
     * ``memory`` ``(B, S, d_model)``: the encoder output; ``src_mask`` ``(B, S)`` bool, True = real token;
     * ``cross_kv``: per decoder layer, the source's keys and values ``(B, H, S, Dh)``, projected once;
     * ``cache``: per decoder layer, keys and values ``(B, H, t, Dh)`` of the ``t = step`` tokens fed so
-      far (``None`` before the first step).
+      far (``None`` before the first step), grown with :func:`~attn_tutorial.efficient.append_kv`;
+    * ``prefix`` ``(B, t)``: the tokens fed so far, kept instead of the cache when the model's
+      ``use_kv_cache`` is ``False`` (``None`` otherwise).
     """
 
     memory: Tensor
@@ -285,6 +287,7 @@ class TransformerState:
     cross_kv: list[tuple[Tensor, Tensor]]
     cache: list[tuple[Tensor, Tensor] | None]
     step: int = 0
+    prefix: Tensor | None = None
 
     def reorder(self, indices: Tensor) -> TransformerState:
         """Row ``i`` of the result is row ``indices[i]`` of ``self``."""
@@ -293,8 +296,9 @@ class TransformerState:
             pick(self.memory),
             pick(self.src_mask),
             [(pick(k), pick(v)) for k, v in self.cross_kv],
-            [None if c is None else (pick(c[0]), pick(c[1])) for c in self.cache],
+            [reorder_kv(c, indices) for c in self.cache],
             self.step,
+            None if self.prefix is None else pick(self.prefix),
         )
 
     @property
@@ -338,6 +342,9 @@ class Transformer(nn.Module):
     * ``encode`` / ``decode_step``: the incremental protocol of :mod:`attn_tutorial.decoding`, with a
       key/value cache; ``decode_step`` returns the last layer's cross-attention averaged over heads.
     * ``decode_step_uncached``: the same step recomputed from the whole prefix (for tests and timing).
+    * ``use_kv_cache`` (attribute, default ``True``): set it to ``False`` and ``decode_step`` keeps the
+      fed tokens instead of keys and values and re-runs the decoder over the whole prefix at every step
+      (the encoder output is still computed once); ``attn-tutorial translate --no-kv-cache`` does this.
 
     Shape:
         ``src``/``src_mask`` ``(B, S)``, ``tgt_in``/``tgt_mask`` ``(B, T)`` -> logits ``(B, T, V)``.
@@ -346,6 +353,7 @@ class Transformer(nn.Module):
     """
 
     accepts_logits_mask = True
+    use_kv_cache = True
 
     def __init__(self, config: TransformerConfig) -> None:
         super().__init__()
@@ -478,6 +486,8 @@ class Transformer(nn.Module):
             raise ValueError(f"prev_tokens must be a ({state.batch_size},) torch.long tensor, got {prev_tokens!r:.80}")
         if self.config.positions == "learned" and state.step >= self.config.max_len:
             raise ValueError(f"decoding step {state.step} >= max_len={self.config.max_len}: learned positions cannot go further")
+        if not self.use_kv_cache:
+            return self._decode_step_prefix(state, prev_tokens)
         x = self._embed(self.tgt_embed, prev_tokens[:, None], offset=state.step)  # (B, 1, d)
         memory_mask = state.src_mask[:, None, None, :]
         cache, wc = [], None
@@ -487,6 +497,19 @@ class Transformer(nn.Module):
         logits = self.generator(self.decoder_norm(x[:, 0]))  # (B, V)
         attn = wc.mean(1)[:, 0] if wc is not None else state.src_mask.new_zeros(state.src_mask.shape, dtype=logits.dtype)
         new_state = TransformerState(state.memory, state.src_mask, state.cross_kv, cache, state.step + 1)
+        return F.log_softmax(logits.float(), dim=-1), new_state, attn
+
+    def _decode_step_prefix(self, state: TransformerState, prev_tokens: Tensor) -> tuple[Tensor, TransformerState, Tensor]:
+        """:meth:`decode_step` without a key/value cache: the decoder runs over every token fed so far."""
+        prefix = prev_tokens[:, None] if state.prefix is None else torch.cat([state.prefix, prev_tokens[:, None]], 1)  # (B, t + 1)
+        x = self._embed(self.tgt_embed, prefix)  # (B, t + 1, d)
+        memory_mask = state.src_mask[:, None, None, :]
+        wc = None
+        for layer in self.decoder_layers:
+            x, _, wc = layer(x, state.memory, memory_mask, need_weights=True)
+        logits = self.generator(self.decoder_norm(x[:, -1]))  # (B, V): only the last position is new
+        attn = wc[:, :, -1].mean(1) if wc is not None else state.src_mask.new_zeros(state.src_mask.shape, dtype=logits.dtype)
+        new_state = TransformerState(state.memory, state.src_mask, state.cross_kv, state.cache, state.step + 1, prefix)
         return F.log_softmax(logits.float(), dim=-1), new_state, attn
 
     def decode_step_uncached(self, src: Tensor, src_mask: Tensor, prefix: Tensor) -> Tensor:
