@@ -11,24 +11,65 @@
   DistributedDataParallel (see :func:`attn_tutorial.train.fit`); rank 0 writes every file.
 * ``attn-tutorial translate --model NAME_OR_DIR`` reads one sentence per line on stdin and writes
   one translation per line on stdout: the same number of lines, in order, an empty line for an empty
-  line.
+  line, whatever the input (see below). Each batch of lines is written and flushed as soon as it is
+  translated, so a run that is killed keeps what it translated (lines are taken one at a time when
+  stdin is a terminal, else ``--batch-size`` at a time).
 * ``attn-tutorial evaluate --model NAME_OR_DIR --split SPLIT`` prints sacreBLEU with its signature
-  (``--json`` for machine-readable output).
+  (``--json`` for machine-readable output); ``--hypotheses FILE`` scores a file of translations
+  (one per line) instead of decoding, and refuses one whose line count differs from the split's.
 
-Every expected failure (unknown recipe, model or split, missing data, an unavailable device, a bad
-``--set``) exits with status 2 and one line on stderr; set ``ATTN_TUTORIAL_DEBUG=1`` for the traceback.
+What ``translate`` does with any input, on purpose (warnings go to stderr and name the line):
+
+=================================  ================================================================
+input                              what happens
+=================================  ================================================================
+empty or whitespace-only line      an empty output line; the model is not run
+``\r\n`` line ends                the ``\r`` is dropped (lines are split on ``\n`` only)
+a lone ``\r``, tab, other control  replaced by a space (C0/C1 control characters, DEL)
+characters
+non-breaking and other Unicode     replaced by a plain space (also U+2028/U+2029 separators, which
+spaces                             never start a new output line)
+zero-width and format characters   removed (U+200B-U+200D, U+2060, BOM U+FEFF, soft hyphen, bidi
+                                   marks: Unicode category Cf)
+combining marks                    composed with their base letter (Unicode NFC); left alone when
+                                   no composed form exists
+emoji, scripts the model never     passed to the tokenizer, which maps unknown characters to
+saw                                ``<unk>``; the translation is whatever the model makes of it
+HTML-like text (``<b>x</b>``)      plain text: translated as characters, never interpreted, so
+                                   tags may come out changed, translated or dropped
+invalid UTF-8 bytes                each replaced by U+FFFD (an unknown character), with a warning
+a line longer than the model       cut into pieces (at sentence punctuation where there is some,
+takes at once                      else at a space, else at the token limit), each translated, the
+                                   translations joined by a space, with a warning
+=================================  ================================================================
+
+Time and memory per line are bounded: a piece holds at most ``data.max_len - 1`` source tokens of
+the model's recipe (127 for the shipped models) and no more than its position table allows; its
+translation stops after ``2 * S + 10`` tokens (``S`` the piece's source length with EOS; lower with
+``--max-len``) and never beyond the position table. So a line's cost grows linearly with its length.
+
+Errors: a mistake the user can fix (an unknown recipe, model or split, missing or damaged data and
+model files, an unavailable device, a bad ``--set``, a full disk) exits with status 2 and one line on
+stderr that names the thing, what is wrong and what to do (:class:`attn_tutorial.errors.UserError`).
+Anything else is a bug: its traceback is printed with a line asking to report it, exit status 1.
+Set ``ATTN_TUTORIAL_DEBUG=1`` to get the traceback of user errors too.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import errno
+import io
 import json
 import os
 import platform
 import shlex
 import sys
 import time
+import traceback
+import unicodedata
 from collections.abc import Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,30 +80,34 @@ import torch
 from . import __version__
 from .configs import DataSpec, Recipe, apply_overrides, build_model, get_recipe, list_recipes
 from .data import MULTI30K_SPLITS, BatchIterator, date_dataset, date_vocab, load_multi30k, train_bpe
+from .errors import BUG_REPORT_URL, DamagedFileError, UserError
 from .metrics import bleu_signature, corpus_bleu
 from .pretrained import (
     CARD_FILE,
     MODEL_FILE,
+    MODEL_FORMAT_VERSION,
     TOKENIZER_FILE,
     card_length_penalty,
     list_pretrained,
     load_pretrained,
     load_tokenizer,
+    read_card,
+    resolve_model_dir,
     save_tokenizer,
     translate_sentences,
 )
-from .runtime import DATA_ENV_VAR, autocast_dtype, data_dir, default_device, set_seed
+from .runtime import DATA_ENV_VAR, atomic_write_bytes, autocast_dtype, data_dir, default_device, set_seed
 from .train import TrainEvent, export_fp16, fit, init_distributed, latest_checkpoint, load_checkpoint
 
-__all__ = ["build_parser", "main", "load_split", "CLIError"]
+__all__ = ["build_parser", "main", "load_split", "CLIError", "clean_line"]
 
 DATES_SPLITS = ("train", "val", "test")
 #: The most a model shipped inside the package may take on disk (fp16 weights).
 SHIP_MAX_BYTES = 16 * 2**20
 
 
-class CLIError(Exception):
-    """An expected failure: reported as one line on stderr with exit status 2."""
+class CLIError(UserError):
+    """An expected failure found by the command line itself: one line on stderr, exit status 2."""
 
 
 def _device(name: str | None) -> torch.device:
@@ -205,7 +250,10 @@ def _resolve_recipe(args: argparse.Namespace, device: torch.device, out: Path) -
         recipe = get_recipe(args.recipe)
     except KeyError as err:
         raise CLIError(err.args[0]) from None
-    recipe = apply_overrides(recipe, args.set or [])
+    try:
+        recipe = apply_overrides(recipe, args.set or [])
+    except (ValueError, TypeError, KeyError) as err:  # a bad --set: the recipe's own message
+        raise CLIError(" ".join(str(err.args[0] if isinstance(err, KeyError) and err.args else err).split())) from None
     train_updates: dict[str, Any] = {
         "device": str(device),
         "checkpoint_dir": str(out / _CHECKPOINTS),
@@ -214,7 +262,10 @@ def _resolve_recipe(args: argparse.Namespace, device: torch.device, out: Path) -
     for name in ("epochs", "max_steps", "seed"):
         if getattr(args, name) is not None:
             train_updates[name] = getattr(args, name)
-    return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **train_updates))
+    try:
+        return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **train_updates))
+    except (ValueError, TypeError) as err:
+        raise CLIError(" ".join(str(err).split())) from None
 
 
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
@@ -248,10 +299,22 @@ def _train_checked(args: argparse.Namespace, argv: Sequence[str], device: torch.
     recipe = _resolve_recipe(args, device, out)
     ckpt_dir = out / _CHECKPOINTS
     previous = latest_checkpoint(ckpt_dir)
+    fresh_restart = False
     if args.resume:
-        if previous is None:
-            raise CLIError(f"--resume: {ckpt_dir} holds no complete checkpoint to resume from")
-        saved = Recipe.from_dict(json.loads((out / _RECIPE_FILE).read_text()))
+        if previous is None and (out / _RECIPE_FILE).is_file() and not (out / CARD_FILE).exists():
+            # Killed before its first checkpoint: starting again from step 0 gives the same weights.
+            fresh_restart = True
+        elif previous is None:
+            raise CLIError(f"--resume: {ckpt_dir} holds no complete checkpoint to resume from (run without --resume to start)")
+        try:
+            saved = Recipe.from_dict(json.loads((out / _RECIPE_FILE).read_text(encoding="utf-8")))
+        except FileNotFoundError:
+            raise CLIError(f"--resume: {out / _RECIPE_FILE} is missing, so the run cannot be checked; is {out} a training run?") from None
+        except (ValueError, TypeError, KeyError) as err:
+            raise DamagedFileError(
+                f"{out / _RECIPE_FILE} is damaged ({' '.join(str(err).split())}); it is a copy of the recipe: rewrite it "
+                "from the card or from a checkpoint's checkpoint.json (train_config), or start a new run"
+            ) from None
         for part in ("data", "tokenizer", "model_kind", "model"):
             if getattr(saved, part) != getattr(recipe, part):
                 raise CLIError(
@@ -266,8 +329,10 @@ def _train_checked(args: argparse.Namespace, argv: Sequence[str], device: torch.
     _barrier(world_size)  # every process has checked the output directory before rank 0 writes to it
     if is_main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / _RECIPE_FILE).write_text(json.dumps(recipe.to_dict(), indent=1) + "\n")
+        atomic_write_bytes(out / _RECIPE_FILE, (json.dumps(recipe.to_dict(), indent=1) + "\n").encode())
     log = _Log(out / "train.log") if is_main else _NoLog()
+    if fresh_restart:
+        log(f"--resume: no complete checkpoint in {ckpt_dir} yet (the run stopped before its first): starting from step 0")
     try:
         return _train_run(
             args, argv, recipe, device, out, previous if args.resume else None, log, train_pairs, val_pairs, world_size
@@ -310,11 +375,17 @@ def _train_run(
 
     cfg = recipe.train
     set_seed(cfg.seed)  # the model's initial weights
-    model = build_model(recipe, tokenizer.vocab_size)
+    try:
+        model = build_model(recipe, tokenizer.vocab_size)
+    except (ValueError, TypeError) as err:  # a model setting of --set the config refuses
+        raise CLIError(f"recipe {recipe.name}: {' '.join(str(err).split())}") from None
     n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log(f"model {recipe.model_kind} {recipe.model}: {n_params:,} parameters")
-    batches = BatchIterator(train_pairs, tokenizer, spec.max_tokens, shuffle=True, seed=cfg.seed, max_len=spec.max_len)
-    val_batches = BatchIterator(val_pairs, tokenizer, spec.max_tokens, shuffle=False, max_len=spec.max_len)
+    try:
+        batches = BatchIterator(train_pairs, tokenizer, spec.max_tokens, shuffle=True, seed=cfg.seed, max_len=spec.max_len)
+        val_batches = BatchIterator(val_pairs, tokenizer, spec.max_tokens, shuffle=False, max_len=spec.max_len)
+    except ValueError as err:  # e.g. data.max_tokens below one example's length, or no pairs at all
+        raise CLIError(f"recipe {recipe.name}: {' '.join(str(err).split())}") from None
     counting = _CountingBatches(batches)
     log(f"{len(batches)} batches per epoch (max_tokens {spec.max_tokens}), {cfg.epochs} epochs, max_steps {cfg.max_steps}")
     if world_size > 1:
@@ -345,6 +416,7 @@ def _train_run(
     meta = load_checkpoint(final, load_training_state=False).metadata
     card = {
         "name": out.name,
+        "model_format": MODEL_FORMAT_VERSION,
         "recipe": recipe.to_dict(),
         "model_kind": recipe.model_kind,
         "command": shlex.join(
@@ -372,7 +444,7 @@ def _train_run(
         "decoding": "greedy",
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
-    (out / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
+    atomic_write_bytes(out / CARD_FILE, (json.dumps(card, indent=1) + "\n").encode())  # last: completes the directory
     log(f"model directory written: {out} ({MODEL_FILE}, {TOKENIZER_FILE}, {CARD_FILE})")
     return 0
 
@@ -391,6 +463,62 @@ def _read_lines(stream: TextIO) -> list[str]:
     return [line.removesuffix("\r") for line in lines]
 
 
+def _input_lines(stream: Any) -> Iterator[tuple[str, bool]]:
+    """``(line, had invalid UTF-8)`` for each line of ``stream``, as it arrives.
+
+    Lines are split on ``\\n`` only (a final ``\\n`` ends the last line) and lose one trailing
+    ``\\r``. Read as bytes when the stream has a binary buffer (standard input does): invalid UTF-8
+    becomes U+FFFD. A text stream (a test's ``io.StringIO``) is read as it is.
+    """
+    raw = getattr(stream, "buffer", None)
+    if raw is None and isinstance(stream, (io.BufferedIOBase, io.RawIOBase)):
+        raw = stream
+    if raw is not None:
+        for data in iter(raw.readline, b""):
+            data = data.removesuffix(b"\n").removesuffix(b"\r")
+            try:
+                yield data.decode("utf-8"), False
+            except UnicodeDecodeError:
+                yield data.decode("utf-8", errors="replace"), True
+        return
+    for line in iter(stream.readline, ""):
+        yield line.removesuffix("\n").removesuffix("\r"), False
+
+
+def clean_line(text: str) -> str:
+    """What ``attn-tutorial translate`` gives the model for one input line (see the module docstring).
+
+    Whitespace of any kind (tabs, a lone ``\\r``, no-break and other Unicode spaces, line and
+    paragraph separators) and control characters (Unicode category Cc) become a plain space;
+    zero-width and other format characters (category Cf: U+200B-U+200D, U+2060, U+FEFF, soft
+    hyphen, bidi marks) are removed; a lone surrogate becomes U+FFFD; the result is composed
+    (Unicode NFC, so a letter and its combining accent become one character) and stripped.
+    Everything else, emoji and markup included, is kept as it is.
+
+    >>> clean_line("\\ufeffein\\u00a0Hund\\u200b\\tla\\u0308uft\\r")
+    'ein Hund läuft'
+    """
+    out = []
+    for ch in text:
+        if ch.isspace():
+            out.append(" ")
+            continue
+        category = unicodedata.category(ch)
+        if category == "Cc":
+            out.append(" ")
+        elif category == "Cf":
+            continue
+        elif category == "Cs":
+            out.append("\ufffd")
+        else:
+            out.append(ch)
+    return unicodedata.normalize("NFC", "".join(out)).strip()
+
+
+def _warn(message: str) -> None:
+    print(f"attn-tutorial: warning: {message}", file=sys.stderr, flush=True)
+
+
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
     device = _device(args.device)
     try:
@@ -401,7 +529,11 @@ def _load_model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
 
 def _decode_options(args: argparse.Namespace, card: dict[str, Any]) -> dict[str, Any]:
     alpha = card_length_penalty(card) if args.alpha is None else args.alpha
-    return {"beam_size": args.beam, "length_penalty_alpha": alpha, "batch_size": args.batch_size, "max_len": args.max_len}
+    src_len = card["recipe"]["data"].get("max_len")
+    options = {"beam_size": args.beam, "length_penalty_alpha": alpha, "batch_size": args.batch_size, "max_len": args.max_len}
+    if isinstance(src_len, int) and not isinstance(src_len, bool) and src_len >= 2:
+        options["max_src_len"] = src_len  # the longest source the model was trained on, EOS included
+    return options
 
 
 def _utf8(stream: TextIO) -> None:
@@ -412,27 +544,127 @@ def _utf8(stream: TextIO) -> None:
         reconfigure(encoding="utf-8")
 
 
+class _Translator:
+    """Translates lines in batches for ``translate``, warning about split lines by line number.
+
+    A batch that fails unexpectedly (a bug) is retried line by line; a line that still fails gets an
+    empty output line, so the output keeps one line per input line, and is recorded in ``failures``.
+    """
+
+    def __init__(self, model: Any, tokenizer: Any, options: dict[str, Any]) -> None:
+        self.model, self.tokenizer, self.options = model, tokenizer, options
+        self.failures: list[tuple[int, BaseException]] = []
+        self.limit = options.get("max_src_len")
+
+    def __call__(self, lines: list[str], first: int) -> list[str]:
+        """Translations of ``lines``, the first of which is input line number ``first`` (1-based)."""
+
+        def split(i: int, pieces: int, offset: int = first) -> None:
+            _warn(
+                f"line {offset + i} is longer than the model takes at once ({(self.limit or 128) - 1} tokens): "
+                f"translated in {pieces} pieces, joined"
+            )
+
+        try:
+            return translate_sentences(self.model, self.tokenizer, lines, on_split=split, **self.options)
+        except Exception:  # noqa: BLE001 - one bad line must not cost the others their translation
+            outputs = []
+            for k, line in enumerate(lines):
+                try:
+                    outputs += translate_sentences(
+                        self.model, self.tokenizer, [line], on_split=lambda _, n, k=k: split(k, n), **self.options
+                    )
+                except Exception as err:  # noqa: BLE001
+                    self.failures.append((first + k, err))
+                    _warn(f"line {first + k} could not be translated ({type(err).__name__}: {err}); left empty")
+                    outputs.append("")
+            return outputs
+
+
 def _translate(args: argparse.Namespace) -> int:
     model, tokenizer, card = _load_model(args)
     if args.no_kv_cache and hasattr(model, "use_kv_cache"):
         model.use_kv_cache = False  # Transformer.decode_step then re-runs the decoder over the prefix
     _utf8(sys.stdin)
     _utf8(sys.stdout)
-    lines = _read_lines(sys.stdin)
-    outputs = translate_sentences(model, tokenizer, lines, **_decode_options(args, card))
-    assert len(outputs) == len(lines)
-    sys.stdout.write("".join(f"{o}\n" for o in outputs))
-    sys.stdout.flush()
+    translator = _Translator(model, tokenizer, _decode_options(args, card))
+    isatty = getattr(sys.stdin, "isatty", None)
+    chunk = 1 if callable(isatty) and isatty() else args.batch_size  # a terminal: answer each line at once
+    pending: list[str] = []
+    number = 0  # of the last line read
+
+    def flush() -> None:
+        outputs = translator(pending, number - len(pending) + 1)
+        assert len(outputs) == len(pending)
+        sys.stdout.write("".join(f"{o}\n" for o in outputs))
+        sys.stdout.flush()
+        pending.clear()
+
+    for line, invalid in _input_lines(sys.stdin):
+        number += 1
+        if invalid:
+            _warn(f"line {number} is not valid UTF-8: the invalid bytes were replaced by U+FFFD")
+        pending.append(clean_line(line))
+        if len(pending) >= chunk:
+            flush()
+    if pending:
+        flush()
+    if translator.failures:
+        where = ", ".join(str(n) for n, _ in translator.failures[:10]) + (", ..." if len(translator.failures) > 10 else "")
+        first = translator.failures[0][1]
+        traceback.print_exception(type(first), first, first.__traceback__, file=sys.stderr)
+        print(
+            f"attn-tutorial: error: {len(translator.failures)} of {number} lines could not be translated and were left "
+            f"empty (line {where}). This is a bug in attn_tutorial {__version__}: please report it with the traceback "
+            f"above at {BUG_REPORT_URL}",
+            file=sys.stderr,
+        )
+        return 1
     return 0
 
 
+def _read_hypotheses(path: str) -> list[str]:
+    """The lines of a hypothesis file (``-``: stdin), split and decoded as ``translate`` reads its input."""
+    if path == "-":
+        return [line for line, _ in _input_lines(sys.stdin)]
+    try:
+        with open(path, "rb") as fh:
+            return [line for line, _ in _input_lines(fh)]
+    except IsADirectoryError:
+        raise CLIError(f"--hypotheses {path}: is a directory, not a file of translations") from None
+    except FileNotFoundError:
+        raise CLIError(f"--hypotheses {path}: no such file") from None
+
+
 def _evaluate(args: argparse.Namespace) -> int:
-    model, tokenizer, card = _load_model(args)
-    spec = DataSpec(**card["recipe"]["data"])
+    if args.hypotheses is not None:  # score a file: only the card (for the data set) is needed
+        card = read_card(resolve_model_dir(args.model))
+        model = tokenizer = None
+    else:
+        model, tokenizer, card = _load_model(args)
+    try:
+        spec = DataSpec(**card["recipe"]["data"])
+    except (TypeError, ValueError) as err:
+        raise DamagedFileError(
+            f"{resolve_model_dir(args.model) / CARD_FILE}: recipe.data is not valid ({' '.join(str(err).split())}); "
+            "copy the model directory again"
+        ) from None
     pairs = _limit(load_split(spec, args.split), args.limit)
-    t0 = time.perf_counter()
     options = _decode_options(args, card)
-    hyps = translate_sentences(model, tokenizer, [s for s, _ in pairs], **options)
+    t0 = time.perf_counter()
+    if args.hypotheses is not None:
+        hyps = _read_hypotheses(args.hypotheses)
+        if len(hyps) != len(pairs):
+            limited = f" (--limit {args.limit})" if args.limit is not None else ""
+            raise CLIError(
+                f"--hypotheses {args.hypotheses} has {len(hyps)} lines but split {args.split}{limited} has "
+                f"{len(pairs)} reference sentences: give exactly one translation per line, in order"
+            )
+    else:
+        def split(i: int, pieces: int) -> None:
+            _warn(f"sentence {i + 1} of {args.split} is longer than the model takes at once: translated in {pieces} pieces")
+
+        hyps = translate_sentences(model, tokenizer, [s for s, _ in pairs], on_split=split, **options)
     seconds = time.perf_counter() - t0
     score = corpus_bleu(hyps, [t for _, t in pairs])
     signature = bleu_signature()
@@ -443,6 +675,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             "sentences": len(pairs),
             "beam": args.beam,
             "length_penalty_alpha": options["length_penalty_alpha"],
+            "hypotheses": args.hypotheses,
             "score": score.score,
             "signature": signature,
             "bleu": score.format(signature=signature),
@@ -499,6 +732,23 @@ def _add_threads(p: argparse.ArgumentParser) -> None:
     )
 
 
+_INPUT_HELP = """\
+any input is handled on purpose (warnings on stderr name the line):
+  empty / whitespace-only line   -> empty output line
+  CRLF line ends                 -> the CR is dropped; lines are split on LF only
+  tab, lone CR, control chars    -> a space
+  no-break and other spaces      -> a plain space (U+2028/U+2029 never start a new line)
+  zero-width / format chars      -> removed (ZWSP, ZWJ, BOM, soft hyphen, bidi marks)
+  combining marks                -> composed with their letter (NFC)
+  emoji, unseen scripts          -> unknown characters (<unk>) to the model
+  HTML-like text                 -> translated as plain text, never interpreted
+  invalid UTF-8 bytes            -> U+FFFD each, with a warning
+  a line too long for the model  -> split at sentence punctuation (else a space, else the
+                                    token limit), pieces translated and joined, with a warning
+each piece's output stops after 2*S+10 tokens (S: its source tokens; --max-len lowers it)
+and within the model's position table: time and memory per line grow linearly with its length."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="attn-tutorial",
@@ -533,8 +783,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr = sub.add_parser(
         "translate",
         help="translate stdin to stdout, line by line",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Translate one sentence per line from stdin to stdout: the same number of lines, in "
-        f"order, an empty line for an empty line. Shipped models: {', '.join(list_pretrained()) or 'none yet'}.",
+        "order, an empty line for an empty line, flushed as it goes.\n"
+        f"Shipped models: {', '.join(list_pretrained()) or 'none yet'}.\n\n" + _INPUT_HELP,
     )
     _add_decoding_options(tr)
     tr.add_argument(
@@ -549,31 +801,71 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--split", required=True, help=f"multi30k: {', '.join(MULTI30K_SPLITS)}; dates: {', '.join(DATES_SPLITS)}")
     ev.add_argument("--limit", type=_positive_int, default=None, help="score only the first N sentences")
     ev.add_argument("--json", action="store_true", help="print one JSON object (score, signature, ...)")
+    ev.add_argument(
+        "--hypotheses", default=None, metavar="FILE",
+        help="score this file of translations (one per line, in the split's order; - for stdin) instead of decoding; "
+             "a file whose line count differs from the split's is refused",
+    )
     ev.set_defaults(func=_evaluate)
     return parser
+
+
+#: OSErrors of the machine rather than the package (full disk, quota, read-only or forbidden path):
+#: reported as one line like user errors.
+_ENVIRONMENT_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR, errno.EISDIR})
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    """Whether ``main`` reports ``exc`` as one line (a user's or the machine's problem) rather than as a bug."""
+    if isinstance(exc, (UserError, FileNotFoundError)):  # our own checks; a missing file or folder
+        return True
+    return isinstance(exc, OSError) and exc.errno in _ENVIRONMENT_ERRNOS
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``attn-tutorial`` console script; returns the exit status.
 
-    Expected failures exit with status 2 and one line ``attn-tutorial: error: ...`` on stderr.
+    A user's mistake (:class:`~attn_tutorial.errors.UserError`, a missing file, a full disk) exits
+    with status 2 and one line ``attn-tutorial: error: ...`` on stderr. Any other exception is a bug:
+    its traceback is printed, then a line asking to report it, and the status is 1. Ctrl-C exits with
+    130 (``train`` has written a checkpoint to ``--resume`` from). ``ATTN_TUTORIAL_DEBUG=1`` re-raises
+    everything.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "threads", None) is not None:
         torch.set_num_threads(args.threads)
+    debug = bool(os.environ.get("ATTN_TUTORIAL_DEBUG"))
     try:
         if getattr(args, "needs_argv", False):
             return int(args.func(args, argv))
         return int(args.func(args))
-    except (CLIError, FileNotFoundError, ValueError) as exc:
-        # CLIError: our own checks (unknown names, an unavailable device); FileNotFoundError: missing
-        # data or files (the data module's message); ValueError: a bad --set or config value.
-        if os.environ.get("ATTN_TUTORIAL_DEBUG"):
+    except KeyboardInterrupt:
+        if debug:
             raise
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        parser.exit(2, f"attn-tutorial: error: {message}\n")
+        hint = "; continue with --resume" if args.command == "train" else ""
+        print(f"attn-tutorial: interrupted{hint}", file=sys.stderr)
+        return 130
+    except BrokenPipeError:  # the reader of stdout went away (e.g. '| head'): stop quietly
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except Exception as exc:
+        if debug:
+            raise
+        if _is_user_error(exc):
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            if isinstance(exc, OSError) and not isinstance(exc, FileNotFoundError):
+                message = f"{exc.strerror or type(exc).__name__}: {exc.filename or ''}".rstrip(": ")
+            parser.exit(2, f"attn-tutorial: error: {message}\n")
+        traceback.print_exc()
+        print(
+            f"attn-tutorial: this is a bug in attn_tutorial {__version__}, not a mistake of yours: please report it "
+            f"with the traceback above at {BUG_REPORT_URL} (python {platform.python_version()}, torch {torch.__version__})",
+            file=sys.stderr,
+        )
+        return 1
 
 
 if __name__ == "__main__":

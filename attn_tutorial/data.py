@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .errors import ChecksumError, UserError
 from .runtime import DATA_ENV_VAR, atomic_write_bytes, data_dir
 
 __all__ = [
@@ -552,10 +553,6 @@ MULTI30K_SHA256: dict[str, str] = {
 
 # (resolved path, mtime_ns, size) of files whose checksum was verified in this process.
 _VERIFIED: set[tuple[str, int, int]] = set()
-
-
-class ChecksumError(ValueError):
-    """A data file's SHA-256 is not the one the book expects (corrupted or a different version)."""
 
 
 def _check_split_lang(split: str, lang: str, lang_name: str = "lang") -> None:

@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -68,7 +69,7 @@ from hypothesis import strategies as st  # noqa: E402
 
 from attn_tutorial import data as data_module  # noqa: E402
 from attn_tutorial.cli import _read_lines  # noqa: E402
-from attn_tutorial.data import date_dataset, date_vocab  # noqa: E402
+from attn_tutorial.data import CharVocab, date_dataset, date_vocab  # noqa: E402
 from attn_tutorial.pretrained import CARD_FILE, load_pretrained, load_tokenizer, translate_sentences  # noqa: E402
 from attn_tutorial.train import load_checkpoint  # noqa: E402
 
@@ -307,3 +308,173 @@ def test_console_script_translates_from_stdin(model_dir: Path) -> None:
         env={**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONIOENCODING": ""},
     )
     assert done.stdout.count("\n") == 2 and done.stdout.endswith("\n\n")
+
+
+# --------------------------------------------------------------------------------------------
+# translate and evaluate with any input (issue 15)
+# --------------------------------------------------------------------------------------------
+
+from attn_tutorial import cli as cli_module  # noqa: E402
+from attn_tutorial.cli import clean_line  # noqa: E402
+from attn_tutorial.pretrained import split_for_model  # noqa: E402
+
+_TRANSLATE = ["translate", "--max-len", "12", "--batch-size", "3"]
+
+
+def _run_bytes(model_dir: Path, raw: bytes, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+               *extra: str) -> tuple[list[str], str]:
+    """Translate raw bytes on a real-looking stdin (a text stream over a byte buffer): (output lines, stderr)."""
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(raw), encoding="utf-8"))
+    capsys.readouterr()
+    assert main([*_TRANSLATE, "--model", str(model_dir), *extra]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" or captured.out.endswith("\n")
+    return captured.out.split("\n")[:-1], captured.err
+
+
+def test_clean_line_does_what_the_docs_say() -> None:
+    assert clean_line("a\tb\rc\x00d\x1be\x7ff\x85g") == "a b c d e f g"  # tabs, lone CR, C0, DEL, C1: spaces
+    assert clean_line("a\u00a0b\u2009c\u3000d\u2028e\u2029f") == "a b c d e f"  # Unicode spaces and separators
+    assert clean_line("\ufeffa\u200bb\u200cc\u200dd\u2060e\u00adf\u202eg") == "abcdefg"  # format characters go
+    assert clean_line("Cafe\u0301") == "Café" and len(clean_line("Cafe\u0301")) == 4  # NFC composes
+    assert clean_line("<b>x</b> &amp; 😀") == "<b>x</b> &amp; 😀"  # markup and emoji are text
+    assert clean_line("\ud800x") == "\ufffdx"  # a lone surrogate (only from Python callers)
+    assert clean_line(" \t\u200b ") == ""
+
+
+def test_translate_handles_odd_input_on_purpose(model_dir: Path, capsys: pytest.CaptureFixture[str],
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    base = [s for s, _ in date_dataset(6, 0, 0, seed=11).train]
+    odd = [
+        base[0].encode() + b"\r",  # CRLF line end
+        b"",
+        b" \t \xc2\xa0 ",  # only whitespace, a no-break space among it
+        base[1].replace(" ", "\t").encode() + b"\x00\x07",  # tabs and control characters
+        b"\xef\xbb\xbf" + base[2].encode() + "\u200b".encode(),  # BOM, zero-width space
+        base[3].encode()[:2] + b"\xff\xfe" + base[3].encode()[2:],  # invalid UTF-8 in the middle
+        "<p>".encode() + base[4].encode() + "</p> 😀".encode(),  # HTML-like text and an emoji
+        b"\xe2\x80\x8b\xe2\x80\x8b",  # nothing but zero-width spaces
+        base[5].encode() + b"\rX",  # a lone CR inside the line
+    ]
+    raw = b"\n".join(odd) + b"\n"
+    got, err = _run_bytes(model_dir, raw, capsys, monkeypatch)
+    assert len(got) == len(odd)  # one output line per input line, always
+    assert got[1] == got[2] == got[7] == ""  # empty, whitespace-only and zero-width-only lines
+    assert "Traceback" not in err
+    assert err.strip().splitlines() == ["attn-tutorial: warning: line 6 is not valid UTF-8: the invalid bytes were replaced by U+FFFD"]
+    # Each line is translated exactly as its cleaned text would be on its own.
+    model, tokenizer, _ = _cached_model(model_dir)
+    texts = [clean_line(line.decode("utf-8", errors="replace").removesuffix("\r")) for line in odd]
+    assert texts[0] == base[0] and texts[3] == base[1] + "" and texts[4] == base[2]
+    alone = [translate_sentences(model, tokenizer, [t], max_len=12, max_src_len=64)[0] for t in texts]
+    assert got == alone
+    # CRLF input gives the same output as LF input.
+    crlf, _ = _run_bytes(model_dir, b"\r\n".join(b.removesuffix(b"\r") for b in odd) + b"\r\n", capsys, monkeypatch)
+    assert crlf == got
+
+
+def test_an_over_long_line_is_split_translated_and_joined_with_a_warning(
+    model_dir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base = [s for s, _ in date_dataset(12, 0, 0, seed=4).train]
+    long_line = ". ".join(base) + "."  # about 200 characters; the dates model takes 63 at once
+    no_punctuation = "1" * 150  # no sentence end, no space: cut at the limit
+    raw = "\n".join([base[0], long_line, "", no_punctuation]).encode() + b"\n"
+    got, err = _run_bytes(model_dir, raw, capsys, monkeypatch)
+    assert len(got) == 4 and got[2] == ""
+    model, tokenizer, _ = _cached_model(model_dir)
+    pieces = split_for_model(long_line, tokenizer, 63)
+    assert len(pieces) >= 3 and all(len(p) <= 63 and p.endswith(".") for p in pieces)  # cut at sentence ends
+    assert "".join(p.replace(" ", "") for p in pieces) == long_line.replace(" ", "")  # nothing lost
+    expected = " ".join(t for t in translate_sentences(model, tokenizer, pieces, max_len=12, max_src_len=64) if t)
+    assert got[1] == expected
+    assert [len(p) for p in split_for_model(no_punctuation, tokenizer, 63)] == [63, 63, 24]
+    warnings = err.strip().splitlines()
+    assert len(warnings) == 2 and "line 2 is longer than the model takes at once (63 tokens)" in warnings[0]
+    assert f"translated in {len(pieces)} pieces" in warnings[0] and "line 4 " in warnings[1]
+
+
+def test_split_prefers_sentence_ends_then_spaces() -> None:
+    vocab = CharVocab("abcdefgh .!?,\"")
+    assert split_for_model("abc", vocab, 3) == ["abc"]
+    assert split_for_model("ab cd. ef gh", vocab, 8) == ["ab cd.", "ef gh"]
+    assert split_for_model('ab!" cd ef gh', vocab, 8) == ['ab!"', "cd ef gh"]
+    assert split_for_model("ab cd ef gh", vocab, 8) == ["ab cd ef", "gh"]  # no sentence end: the last space
+    assert split_for_model("abcdefghabc", vocab, 4) == ["abcd", "efgh", "abc"]  # no space either: the limit
+    with pytest.raises(ValueError, match="max_tokens"):
+        split_for_model("abc", vocab, 0)
+
+
+def test_translate_writes_each_batch_as_soon_as_it_is_translated(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A killed run keeps what it translated: a batch's lines are written and flushed before the next is read."""
+    sources = [s for s, _ in date_dataset(5, 0, 0, seed=2).train]
+    out = io.StringIO()
+    seen: list[int] = []  # output lines already flushed when each input line was requested
+
+    class Stdin(io.StringIO):
+        def readline(self, *args: Any) -> str:  # type: ignore[override]
+            seen.append(out.getvalue().count("\n"))
+            return super().readline(*args)
+
+    monkeypatch.setattr(sys, "stdin", Stdin("".join(f"{s}\n" for s in sources)))
+    monkeypatch.setattr(sys, "stdout", out)
+    assert main(["translate", "--model", str(model_dir), "--max-len", "12", "--batch-size", "2"]) == 0
+    assert seen == [0, 0, 2, 2, 4, 4]  # lines 1-2 written before line 3 is read, and so on
+    assert out.getvalue().count("\n") == 5
+
+
+def test_a_line_that_fails_unexpectedly_costs_only_itself(model_dir: Path, capsys: pytest.CaptureFixture[str],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    real = cli_module.translate_sentences
+
+    def flaky(model: Any, tokenizer: Any, sentences: list[str], **kw: Any) -> list[str]:
+        if any("boom" in s for s in sentences):
+            raise RuntimeError("simulated bug")
+        return real(model, tokenizer, sentences, **kw)
+
+    monkeypatch.setattr(cli_module, "translate_sentences", flaky)
+    monkeypatch.setattr(sys, "stdin", io.StringIO("1 März 1999\nboom\n2 May 2001\n"))
+    capsys.readouterr()
+    assert main([*_TRANSLATE, "--model", str(model_dir)]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.split("\n")[:-1]
+    assert len(lines) == 3 and lines[1] == "" and lines[0] and lines[2]
+    assert "Traceback" in captured.err and "RuntimeError: simulated bug" in captured.err
+    assert "1 of 3 lines could not be translated" in captured.err and "please report it" in captured.err
+
+
+def test_long_sources_never_run_past_a_transformers_position_table() -> None:
+    """The issue's crash: `positions 256..256 exceed max_len = 256` once a long line was decoded."""
+    from attn_tutorial.configs import MODEL_KINDS
+    from attn_tutorial.pretrained import model_position_limit
+
+    config_cls, model_cls = MODEL_KINDS["transformer"]
+    torch.manual_seed(0)
+    model = model_cls(config_cls(src_vocab_size=71, d_model=8, num_heads=2, num_encoder_layers=1,
+                                 num_decoder_layers=1, d_ff=16, dropout=0.0, max_len=16)).eval()
+    assert model_position_limit(model) == 16
+    vocab = date_vocab()
+    calls: list[tuple[int, int]] = []
+    out = translate_sentences(model, vocab, ["1 march 1999 " * 20, "x"], on_split=lambda i, n: calls.append((i, n)))
+    assert len(out) == 2 and calls == [(0, 20)]  # 260 characters in pieces of at most 15, cut at spaces: one date each
+    assert all(len(word) <= 16 for word in out[0].split())  # each piece's output within the 16 positions
+    assert len(translate_sentences(model, vocab, ["1" * 15], max_len_a=10.0)[0]) <= 16  # 160 steps asked, 16 allowed
+
+
+def test_evaluate_scores_a_hypothesis_file_and_refuses_a_wrong_line_count(
+    model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    val = date_dataset(64, 12, 12, seed=0).val
+    argv = ["evaluate", "--model", str(model_dir), "--split", "val", "--max-len", "12", "--json"]
+    decoded = json.loads(_run(argv, "", capsys, monkeypatch))
+    hyps = _run(["translate", "--model", str(model_dir), "--max-len", "12"], "".join(f"{s}\n" for s, _ in val),
+                capsys, monkeypatch)
+    (tmp_path / "hyps.txt").write_text(hyps)
+    scored = json.loads(_run([*argv, "--hypotheses", str(tmp_path / "hyps.txt")], "", capsys, monkeypatch))
+    assert scored["score"] == pytest.approx(decoded["score"], abs=1e-9) and scored["sentences"] == len(val)
+    (tmp_path / "short.txt").write_text("".join(hyps.splitlines(keepends=True)[:-1]))
+    line = _error([*argv, "--hypotheses", str(tmp_path / "short.txt")], capsys)
+    assert f"short.txt has {len(val) - 1} lines but split val has {len(val)} reference sentences" in line
+    line = _error([*argv, "--limit", "3", "--hypotheses", str(tmp_path / "hyps.txt")], capsys)
+    assert f"has {len(val)} lines but split val (--limit 3) has 3" in line
+    assert "no such file" in _error([*argv, "--hypotheses", str(tmp_path / "nope.txt")], capsys)
