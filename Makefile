@@ -28,7 +28,7 @@ book: setup $(ASSETS)
 	@echo "The book's front page: file://$(abspath $(BUILD))/index.html"
 
 test: setup
-	$(BIN)/pytest -m "not browser" $(NBVAL) tests chapters
+	$(BIN)/pytest -m "not browser" $(NBVAL) tests chapters appendices
 
 setup: $(STAMP)
 
@@ -45,7 +45,7 @@ $(ASSETS): scripts/fetch_web_assets.py | setup
 	$(PY) scripts/fetch_web_assets.py book/vendor
 
 # Re-execute the chapter notebooks in place (their stored outputs are what nbval compares).
-NB ?= $(wildcard chapters/*.ipynb)
+NB ?= $(wildcard chapters/*.ipynb appendices/*.ipynb)
 notebooks: setup
 	$(PY) scripts/execute_notebooks.py $(NB)
 
