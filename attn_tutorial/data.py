@@ -27,10 +27,12 @@ from __future__ import annotations
 import datetime as _dt
 import gzip
 import hashlib
+import http.client
 import itertools
 import os
 import random
 import string
+import time
 import urllib.request
 from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -78,6 +80,7 @@ __all__ = [
     "MULTI30K_SHA256",
     "MULTI30K_URL",
     "ChecksumError",
+    "DOWNLOAD_ATTEMPTS",
     "multi30k_path",
     "read_multi30k",
     "load_multi30k",
@@ -557,9 +560,9 @@ _VERIFIED: set[tuple[str, int, int]] = set()
 
 def _check_split_lang(split: str, lang: str, lang_name: str = "lang") -> None:
     if split not in MULTI30K_SPLITS:
-        raise ValueError(f"split must be one of {MULTI30K_SPLITS}, got {split!r}")
+        raise UserError(f"split must be one of {MULTI30K_SPLITS}, got {split!r}")
     if lang not in MULTI30K_LANGS:
-        raise ValueError(f"{lang_name} must be one of {MULTI30K_LANGS}, got {lang!r}")
+        raise UserError(f"{lang_name} must be one of {MULTI30K_LANGS}, got {lang!r}")
 
 
 def _fetch_url(url: str, timeout: float = 60.0) -> bytes:
@@ -593,11 +596,63 @@ def _verified_bytes(path: Path) -> bytes:
     if digest != MULTI30K_SHA256[name]:
         raise ChecksumError(
             f"{path} is corrupted or not the expected version: SHA-256 {digest}, expected "
-            f"{MULTI30K_SHA256[name]}. Delete it (it will be downloaded again) or restore it from "
+            f"{MULTI30K_SHA256[name]}; it was not used. Delete it (it is downloaded again, and checked, on the next "
+            f"run) or restore a good copy from "
             f"{MULTI30K_URL.format(split=name.rsplit('.', 2)[0], lang=name.rsplit('.', 2)[1])}"
         )
     _VERIFIED.add(key)
     return data
+
+
+#: How many times a download that was cut short (or arrived damaged) is started again from scratch.
+DOWNLOAD_ATTEMPTS = 3
+#: Failures that mean "the transfer broke off", worth starting again (being offline is not).
+_CUT_SHORT = (http.client.IncompleteRead, http.client.RemoteDisconnected, ConnectionResetError, ConnectionAbortedError, TimeoutError)
+#: A temporary download file (``.NAME.XXXX.part``) older than this is debris of a killed download.
+_STALE_PART_SECONDS = 600.0
+
+
+def _remove_stale_parts(target: Path) -> None:
+    """Delete temporary files a killed download of ``target`` left behind (never used, never renamed)."""
+    if not target.parent.is_dir():
+        return
+    now = time.time()
+    for part in target.parent.glob(f".{target.name}.*.part"):
+        try:
+            if now - part.stat().st_mtime > _STALE_PART_SECONDS:  # a younger one may be another process's
+                part.unlink()
+        except OSError:
+            pass
+
+
+def _download_verified(url: str, name: str, searched: str, hint: str) -> bytes:
+    """The bytes at ``url``, whose SHA-256 is checked; a transfer cut short or damaged is restarted."""
+    expected = MULTI30K_SHA256[name]
+    digests: list[str] = []
+    for attempt in range(1, DOWNLOAD_ATTEMPTS + 1):
+        try:
+            data = _fetch_url(url)
+        except _CUT_SHORT as err:
+            if attempt < DOWNLOAD_ATTEMPTS:
+                continue
+            raise FileNotFoundError(
+                f"Multi30K file {name} not found in: {searched}, and its download from {url} broke off "
+                f"{DOWNLOAD_ATTEMPTS} times ({type(err).__name__}: {err}). {hint}."
+            ) from None
+        except Exception as err:  # noqa: BLE001 - any other network failure means "offline" here
+            raise FileNotFoundError(
+                f"Multi30K file {name} not found in: {searched}, and downloading it failed "
+                f"({type(err).__name__}: {err}). {hint}."
+            ) from None
+        digest = _sha256(data)
+        if digest == expected:
+            return data
+        digests.append(f"{digest[:12]}... ({len(data)} bytes)")
+    raise ChecksumError(
+        f"downloaded {url} {DOWNLOAD_ATTEMPTS} times and its SHA-256 was never {expected} (got {', '.join(digests)}); "
+        f"nothing was written. Download it by hand into one of {searched}, check it with sha256sum, or set "
+        f"{DATA_ENV_VAR} to a folder with good copies"
+    )
 
 
 def multi30k_path(split: str, lang: str, root: str | os.PathLike[str] | None = None, *, download: bool = True) -> Path:
@@ -606,10 +661,14 @@ def multi30k_path(split: str, lang: str, root: str | os.PathLike[str] | None = N
     Looks in ``root`` (a folder holding the ``.gz`` files directly), then in
     ``$ATTN_TUTORIAL_DATA/multi30k``, or, when that variable is unset, in the user cache
     ``~/.cache/attn_tutorial/multi30k`` (see :func:`attn_tutorial.runtime.data_dir`). A file found
-    is checked against :data:`MULTI30K_SHA256` (:class:`ChecksumError` if it differs). A missing
-    file is downloaded from :data:`MULTI30K_URL` when ``download`` is true, verified in memory and
-    only then written, atomically, to ``root`` (or the data directory). Missing and not
-    downloadable: one ``FileNotFoundError`` naming the folders searched and the variable to set.
+    is checked against :data:`MULTI30K_SHA256` (:class:`ChecksumError` if it differs; it is never
+    used). A missing file is downloaded from :data:`MULTI30K_URL` when ``download`` is true and
+    verified in memory; a transfer that breaks off or arrives damaged is started again from scratch
+    (up to :data:`DOWNLOAD_ATTEMPTS` times). Only verified bytes are written: to a temporary
+    ``.NAME.XXXX.part`` file in ``root`` (or the data directory), synced, then renamed into place, so
+    a killed download never leaves a half-written file under the real name (its temporary file is
+    deleted by a later download). Missing and not downloadable: one ``FileNotFoundError`` naming
+    the folders searched and the variable to set.
     """
     _check_split_lang(split, lang)
     name = f"{split}.{lang}.gz"
@@ -628,18 +687,8 @@ def multi30k_path(split: str, lang: str, root: str | os.PathLike[str] | None = N
     if not download:
         raise FileNotFoundError(f"Multi30K file {name} not found in: {searched}. {hint}.")
     target = dirs[0] / name
-    try:
-        data = _fetch_url(url)
-    except Exception as err:  # noqa: BLE001 - any network failure means "offline" here
-        raise FileNotFoundError(
-            f"Multi30K file {name} not found in: {searched}, and downloading it failed "
-            f"({type(err).__name__}: {err}). {hint}."
-        ) from None
-    digest = _sha256(data)
-    if digest != MULTI30K_SHA256[name]:
-        raise ChecksumError(
-            f"downloaded {url} has SHA-256 {digest}, expected {MULTI30K_SHA256[name]}; nothing was written"
-        )
+    data = _download_verified(url, name, searched, hint)
+    _remove_stale_parts(target)
     atomic_write_bytes(target, data)
     return target
 
@@ -674,11 +723,11 @@ def load_multi30k(
     _check_split_lang(split, src, "src")
     _check_split_lang(split, tgt, "tgt")
     if src == tgt:
-        raise ValueError(f"src and tgt must be different languages, got src=tgt={src!r}")
+        raise UserError(f"src and tgt must be different languages, got src=tgt={src!r}")
     source = read_multi30k(split, src, root, download=download)
     target = read_multi30k(split, tgt, root, download=download)
     if len(source) != len(target):
-        raise ValueError(f"{split}.{src} has {len(source)} lines but {split}.{tgt} has {len(target)}")
+        raise UserError(f"{split}.{src} has {len(source)} lines but {split}.{tgt} has {len(target)}: the two files do not belong together")
     return list(zip(source, target, strict=True))
 
 

@@ -10,6 +10,7 @@ import calendar
 import datetime as dt
 import gzip
 import hashlib
+import http.client
 import json
 import os
 import random
@@ -17,6 +18,7 @@ import re
 import unicodedata
 import urllib.error
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -489,7 +491,7 @@ def test_download_with_a_bad_checksum_or_a_failed_rename_leaves_nothing(
     root = tmp_path / "root"
     with pytest.raises(D.ChecksumError, match="nothing was written"):
         D.load_multi30k("val", root=root)
-    assert len(log) == 1 and (not root.exists() or not any(root.iterdir()))
+    assert len(log) == D.DOWNLOAD_ATTEMPTS and (not root.exists() or not any(root.iterdir()))  # restarted, then given up
 
     monkeypatch.setattr(D, "_fetch_url", _fake_downloader(multi30k_root, log))
 
@@ -500,6 +502,107 @@ def test_download_with_a_bad_checksum_or_a_failed_rename_leaves_nothing(
     with pytest.raises(OSError, match="disk full"):
         D.load_multi30k("val", root=root)
     assert list(root.iterdir()) == []  # neither a partial file nor the temporary one
+
+
+def test_a_corrupted_data_file_is_never_used_and_the_message_says_how_to_get_a_good_one(
+    multi30k_root: Path, tmp_path: Path
+) -> None:
+    _copy_split(multi30k_root, tmp_path)
+    path = tmp_path / "val.de.gz"
+    path.write_bytes(path.read_bytes()[:-100])  # cut short, as by an interrupted copy
+    with pytest.raises(D.ChecksumError) as info:
+        D.load_multi30k("val", root=tmp_path)
+    message = str(info.value)
+    assert isinstance(info.value, attn_tutorial.UserError) and "\n" not in message
+    assert str(path) in message and "it was not used" in message
+    assert "Delete it" in message and D.MULTI30K_URL.format(split="val", lang="de") in message
+
+
+def test_the_command_line_reports_a_corrupted_data_file_in_one_line(
+    multi30k_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from attn_tutorial.cli import main
+
+    if "gru-none" not in attn_tutorial.list_pretrained():
+        pytest.skip("needs the shipped gru-none model's card")
+    _copy_split(multi30k_root, tmp_path / "multi30k")
+    bad = tmp_path / "multi30k" / "val.en.gz"
+    bad.write_bytes(bad.read_bytes()[:-1] + bytes([bad.read_bytes()[-1] ^ 0xFF]))
+    monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path))
+    hyps = tmp_path / "hyps.txt"
+    hyps.write_text("x\n" * D.MULTI30K_SIZES["val"])
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--model", "gru-none", "--split", "val", "--hypotheses", str(hyps)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert str(bad) in err and "is corrupted" in err and "Delete it" in err
+
+
+def _flaky_downloader(source: Path, log: list[str], failures: list[Any]):  # noqa: ANN202
+    """Fails (raises, or returns cut-short bytes) as ``failures`` says, one entry per call, then works."""
+
+    def fetch(url: str, timeout: float = 60.0) -> bytes:
+        log.append(url)
+        data = (source / url.rsplit("/", 1)[1]).read_bytes()
+        if failures:
+            failure = failures.pop(0)
+            if failure == "short":
+                return data[: len(data) // 3]
+            raise failure
+        return data
+
+    return fetch
+
+
+@pytest.mark.parametrize(
+    "failures",
+    [["short"], [http.client.IncompleteRead(b"partial", 1000)], [ConnectionResetError("reset"), "short"]],
+    ids=["cut-short", "incomplete-read", "reset-then-short"],
+)
+def test_a_download_cut_short_is_started_again_and_never_used_half_written(
+    multi30k_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, failures: list[Any]
+) -> None:
+    monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path))
+    log: list[str] = []
+    expected_calls = len(failures) + 1
+    monkeypatch.setattr(D, "_fetch_url", _flaky_downloader(multi30k_root, log, failures))
+    root = tmp_path / "root"
+    path = D.multi30k_path("val", "en", root=root)
+    assert len(log) == expected_calls
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == D.MULTI30K_SHA256["val.en.gz"]
+    assert [p.name for p in root.iterdir()] == ["val.en.gz"]  # no temporary file left
+
+
+def test_a_download_that_always_breaks_off_writes_nothing(multi30k_root: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path))
+    log: list[str] = []
+    failures: list[Any] = [http.client.IncompleteRead(b"x", 10)] * D.DOWNLOAD_ATTEMPTS
+    monkeypatch.setattr(D, "_fetch_url", _flaky_downloader(multi30k_root, log, failures))
+    with pytest.raises(FileNotFoundError, match=f"broke off {D.DOWNLOAD_ATTEMPTS} times"):
+        D.multi30k_path("val", "en", root=tmp_path / "root")
+    assert len(log) == D.DOWNLOAD_ATTEMPTS and not (tmp_path / "root").exists()
+
+
+def test_a_killed_download_leaves_only_a_temporary_file_that_is_ignored_and_cleaned(
+    multi30k_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DATA_ENV_VAR, str(tmp_path))
+    root = tmp_path / "root"
+    root.mkdir()
+    good = (multi30k_root / "val.en.gz").read_bytes()
+    stale = root / ".val.en.gz.k1ll3d.part"  # what atomic_write_bytes leaves when the process is killed mid-write
+    stale.write_bytes(good[:1000])
+    os.utime(stale, (0, 0))  # long ago
+    fresh = root / ".val.en.gz.0ther.part"  # another process's download in progress: left alone
+    fresh.write_bytes(good[:10])
+    with pytest.raises(FileNotFoundError):  # a half-written temporary file is never taken for the data
+        D.multi30k_path("val", "en", root=root, download=False)
+    log: list[str] = []
+    monkeypatch.setattr(D, "_fetch_url", _fake_downloader(multi30k_root, log))
+    path = D.multi30k_path("val", "en", root=root)
+    assert path.read_bytes() == good and len(log) == 1
+    assert sorted(p.name for p in root.iterdir()) == [".val.en.gz.0ther.part", "val.en.gz"]
 
 
 # --------------------------------------------------------------------------------------------------

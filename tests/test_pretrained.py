@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -262,3 +263,184 @@ def test_card_length_penalty_reads_the_card_or_falls_back() -> None:
     for bad in (-0.5, "1.0", True, float("nan")):
         with pytest.raises(ValueError, match="length_penalty_alpha must be a float >= 0"):
             pretrained.card_length_penalty({"eval": {"length_penalty_alpha": bad}})
+
+
+# --------------------------------------------------------------------------------------------
+# Damaged or wrong model directories: one clear line (issue 15). Always on COPIES of a shipped model.
+# --------------------------------------------------------------------------------------------
+
+import hashlib  # noqa: E402
+import io  # noqa: E402
+import shutil  # noqa: E402
+import sys  # noqa: E402
+
+from safetensors.torch import load_file, save_file  # noqa: E402
+
+from attn_tutorial.cli import main  # noqa: E402
+from attn_tutorial.errors import DamagedFileError, UserError  # noqa: E402
+
+SHIPPED = Path(pretrained.__file__).resolve().parent / "pretrained"
+SOURCE_MODEL = "gru-none"  # the smallest shipped model
+
+
+def _digest(directory: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def shipped_digest() -> dict[str, str]:
+    if SOURCE_MODEL not in list_pretrained():
+        pytest.skip(f"the shipped model {SOURCE_MODEL} is not installed")
+    return _digest(SHIPPED / SOURCE_MODEL)
+
+
+def _edit_card(directory: Path, **changes: Any) -> None:
+    card = json.loads((directory / pretrained.CARD_FILE).read_text())
+    for key, value in changes.items():
+        if value is _DELETE:
+            card.pop(key, None)
+        else:
+            card[key] = value
+    (directory / pretrained.CARD_FILE).write_text(json.dumps(card))
+
+
+_DELETE = object()
+
+
+def _rewrite_header(directory: Path, **model_config_changes: Any) -> None:
+    """Rewrite model.safetensors with changed model_config keys in its header (as a newer package might)."""
+    path = directory / pretrained.MODEL_FILE
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        header = dict(f.metadata())
+    config = json.loads(header["model_config"])
+    config.update(model_config_changes)
+    header["model_config"] = json.dumps(config)
+    save_file(load_file(str(path)), str(path), metadata=header)
+
+
+def _damage(kind: str, d: Path) -> None:  # noqa: C901 - one branch per kind of damage, read flat
+    weights, tok, card = d / pretrained.MODEL_FILE, d / pretrained.TOKENIZER_FILE, d / pretrained.CARD_FILE
+    if kind == "weights-truncated":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif kind == "weights-truncated-no-size-on-card":
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+        _edit_card(d, model_bytes=_DELETE)
+    elif kind == "weights-empty":
+        weights.write_bytes(b"")
+        _edit_card(d, model_bytes=_DELETE)
+    elif kind == "weights-header-corrupt":
+        data = bytearray(weights.read_bytes())
+        data[8:40] = b"\xff" * 32
+        weights.write_bytes(bytes(data))
+    elif kind == "weights-not-an-export":
+        save_file({"x": torch.zeros(2)}, str(weights), metadata={"format": "something.else"})
+        _edit_card(d, model_bytes=_DELETE)
+    elif kind == "weights-of-another-model":
+        _rewrite_header(d, hidden_dim=8)
+        _edit_card(d, model_bytes=_DELETE)
+    elif kind == "tokenizer-not-json":
+        tok.write_text(tok.read_text()[:30])
+    elif kind == "tokenizer-wrong-structure":
+        tok.write_text('{"version": "1.0", "model": {"type": "nope"}}')
+    elif kind == "tokenizer-of-another-model":
+        save_tokenizer(CharVocab("abc"), tok)
+    elif kind == "card-not-json":
+        card.write_text("{\n  \"name\": ")
+    elif kind == "card-missing-fields":
+        _edit_card(d, model_kind=_DELETE, recipe=_DELETE)
+    elif kind == "card-recipe-without-data":
+        c = json.loads(card.read_text())
+        del c["recipe"]["data"]
+        card.write_text(json.dumps(c))
+    elif kind == "newer-format":
+        _edit_card(d, model_format=2, attn_tutorial_version="9.0.0")
+    elif kind == "newer-version-unknown-kind":
+        _edit_card(d, model_kind="mamba", attn_tutorial_version="9.0.0")
+    elif kind == "newer-version-new-config-field":
+        _rewrite_header(d, some_new_option=True)
+        _edit_card(d, attn_tutorial_version="9.0.0", model_bytes=_DELETE)
+    elif kind == "file-missing":
+        tok.unlink()
+    else:
+        raise AssertionError(kind)
+
+
+#: kind of damage -> (exception type, the file the message names, words it must contain)
+DAMAGE = {
+    "weights-truncated": (DamagedFileError, "model.safetensors", "cut short"),
+    "weights-truncated-no-size-on-card": (DamagedFileError, "model.safetensors", "truncated, corrupt"),
+    "weights-empty": (DamagedFileError, "model.safetensors", "truncated, corrupt"),
+    "weights-header-corrupt": (DamagedFileError, "model.safetensors", "truncated, corrupt"),
+    "weights-not-an-export": (DamagedFileError, "model.safetensors", "not an exported model"),
+    "weights-of-another-model": (DamagedFileError, "model.safetensors", "does not fit"),
+    "tokenizer-not-json": (DamagedFileError, "tokenizer.json", "not a valid tokenizer file (not JSON"),
+    "tokenizer-wrong-structure": (DamagedFileError, "tokenizer.json", "not a valid tokenizer file"),
+    "tokenizer-of-another-model": (DamagedFileError, "tokenizer.json", "the tokenizer has 7"),
+    "card-not-json": (DamagedFileError, "card.json", "not a valid model card (not JSON"),
+    "card-missing-fields": (DamagedFileError, "card.json", "lacks the field(s) model_kind, recipe"),
+    "card-recipe-without-data": (DamagedFileError, "card.json", "lacks the field(s) recipe.data"),
+    "newer-format": (DamagedFileError, SOURCE_MODEL, "written by a newer attn_tutorial (9.0.0)"),
+    "newer-version-unknown-kind": (DamagedFileError, "card.json", "made by attn_tutorial 9.0.0, newer"),
+    "newer-version-new-config-field": (DamagedFileError, "model.safetensors", "made by attn_tutorial 9.0.0, newer"),
+    "file-missing": (FileNotFoundError, SOURCE_MODEL, "lacks tokenizer.json"),
+}
+
+
+@pytest.mark.parametrize("kind", list(DAMAGE))
+def test_a_damaged_model_directory_gets_one_clear_line(
+    kind: str, tmp_path: Path, shipped_digest: dict[str, str], capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    copy = tmp_path / SOURCE_MODEL
+    shutil.copytree(SHIPPED / SOURCE_MODEL, copy)
+    _damage(kind, copy)
+    error, names, words = DAMAGE[kind]
+    with pytest.raises(error) as info:
+        load_pretrained(copy)
+    message = str(info.value)
+    assert "\n" not in message and names in message and words in message, message
+    if error is DamagedFileError:
+        assert isinstance(info.value, UserError) and isinstance(info.value, ValueError)
+        assert "upgrade" in message if kind.startswith("newer") else "copy the model directory again" in message
+    # The command line: exit status 2, one line, no traceback.
+    monkeypatch.setattr(sys, "stdin", io.StringIO("Ein Hund.\n"))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exc:
+        main(["translate", "--model", str(copy)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("attn-tutorial: error: ") and names in err
+    assert _digest(SHIPPED / SOURCE_MODEL) == shipped_digest  # the shipped files are untouched
+
+
+def test_a_damaged_shipped_model_says_reinstall(tmp_path: Path, shipped_digest: dict[str, str],
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    root = tmp_path / "pretrained"
+    shutil.copytree(SHIPPED / SOURCE_MODEL, root / SOURCE_MODEL)
+    monkeypatch.setattr(pretrained, "pretrained_root", lambda: root)
+    _damage("weights-truncated", root / SOURCE_MODEL)
+    with pytest.raises(DamagedFileError, match=r"reinstall it \(pip install --force-reinstall attn-tutorial\)"):
+        load_pretrained(SOURCE_MODEL)
+
+
+def test_an_older_card_without_the_new_fields_still_loads(tmp_path: Path, shipped_digest: dict[str, str]) -> None:
+    """Cards written before model_format and model_bytes existed (and by hand, as in the tests above)."""
+    copy = tmp_path / SOURCE_MODEL
+    shutil.copytree(SHIPPED / SOURCE_MODEL, copy)
+    _edit_card(copy, model_format=_DELETE, model_bytes=_DELETE, attn_tutorial_version=_DELETE)
+    model, _, _ = load_pretrained(copy)
+    reference, _, _ = load_pretrained(SOURCE_MODEL)
+    for (name, a), b in zip(model.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_shipped_weights_load_exactly_as_stored() -> None:
+    """Loading is the stored float16 values upcast, nothing else (so the format is read as before)."""
+    for name in list_pretrained():
+        model, _, _ = load_pretrained(name)
+        stored = load_file(str(SHIPPED / name / pretrained.MODEL_FILE))
+        state = model.state_dict()
+        for key, value in stored.items():
+            assert torch.equal(state[key], value.float()), f"{name}: {key}"
