@@ -21,13 +21,25 @@ computing corpus BLEU, and reporting a number without its signature.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from sacrebleu.metrics import BLEU
 from sacrebleu.metrics.bleu import BLEUScore
+from sacrebleu.significance import PairedTest
 
-__all__ = ["BLEUScore", "corpus_bleu", "bleu_signature", "LengthBucket", "bleu_by_length"]
+__all__ = [
+    "BLEUScore",
+    "corpus_bleu",
+    "bleu_signature",
+    "LengthBucket",
+    "bleu_by_length",
+    "SystemBootstrap",
+    "PairedBootstrap",
+    "paired_bootstrap",
+]
 
 
 def _check_strings(name: str, items: object) -> list[str]:
@@ -148,3 +160,119 @@ def bleu_by_length(
         score = bleu.corpus_score([hyps[i] for i in idx], [[refs[i] for i in idx]]).score if idx else math.nan
         result.append(LengthBucket(int(lo), hi, len(idx), score))
     return result
+
+
+# --------------------------------------------------------------------------------------------
+# Paired bootstrap resampling: how sure is a difference between two systems?
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SystemBootstrap:
+    """One system's corpus BLEU and what resampling the test set says about it.
+
+    ``score`` is the BLEU of the whole test set; ``mean`` and ``ci`` are sacreBLEU's bootstrap mean
+    and the half-width of its 95% interval (``mean +- ci``). Against the baseline (the first system):
+    ``delta`` is ``score - baseline score``, ``delta_low``/``delta_high`` the 2.5th and 97.5th percentiles
+    of the *paired* resampled differences (both systems scored on the same resampled sentences), and
+    ``p_value`` sacreBLEU's paired-bootstrap p-value. All four are ``nan`` for the baseline itself.
+    """
+
+    name: str
+    score: float
+    mean: float
+    ci: float
+    delta: float
+    delta_low: float
+    delta_high: float
+    p_value: float
+
+    @property
+    def differs(self) -> bool:
+        """True when the 95% interval of the paired difference excludes 0 (a difference worth stating)."""
+        return bool(self.delta_low > 0 or self.delta_high < 0)
+
+
+@dataclass(frozen=True)
+class PairedBootstrap:
+    """The result of :func:`paired_bootstrap`: one :class:`SystemBootstrap` per system (the baseline
+    first), the number of resamples and the sacreBLEU signature (with ``bs`` and ``seed``)."""
+
+    systems: tuple[SystemBootstrap, ...]
+    n_samples: int
+    signature: str
+
+    def __getitem__(self, name: str) -> SystemBootstrap:
+        for system in self.systems:
+            if system.name == name:
+                return system
+        raise KeyError(f"no system named {name!r}; systems: {[s.name for s in self.systems]}")
+
+
+def paired_bootstrap(
+    systems: Mapping[str, Sequence[str]],
+    references: Sequence[str],
+    *,
+    n_samples: int = 1000,
+    seed: int = 12345,
+) -> PairedBootstrap:
+    """Paired bootstrap resampling :cite:p:`koehn2004bootstrap` of corpus BLEU, through sacreBLEU.
+
+    The first entry of ``systems`` (name -> detokenised hypotheses) is the baseline. Draw ``n_samples``
+    test sets of ``N`` sentences with replacement from the ``N`` test sentences; score every system on
+    each *the same* resampled set (corpus BLEU from summed n-gram statistics); the spread of the scores
+    gives each system's 95% interval, and the spread of the paired differences the interval of each
+    system's gain over the baseline. Pairing matters: most of a system's variation across resamples
+    comes from which sentences were drawn (easy or hard ones), and it cancels in the difference.
+
+    The per-system numbers (``score``, ``mean``, ``ci``, ``p_value``) are sacreBLEU's own
+    (``sacrebleu.significance.PairedTest`` with ``test_type="bs"``, the ``--paired-bs`` of its command
+    line); the interval of the difference uses the same resampled indices (sacreBLEU draws them from
+    ``numpy.random.default_rng(seed)``), so it describes exactly the resamples behind the p-value.
+    ``seed`` is sacreBLEU's default (``SACREBLEU_SEED``), so the numbers match ``sacrebleu --paired-bs``.
+
+    Shape:
+        ``systems``: ``K`` lists of ``N`` strings; ``references``: ``N`` strings -> ``K`` results.
+
+    Reference: :cite:p:`koehn2004bootstrap,post2018sacrebleu`.
+    """
+    if not isinstance(systems, Mapping) or len(systems) < 2:
+        raise ValueError(f"systems must map at least two names to hypotheses (the first is the baseline), got {type(systems).__name__} "
+                         f"with {len(systems) if isinstance(systems, Mapping) else 'no'} entries")
+    if not isinstance(n_samples, int) or n_samples < 40:
+        raise ValueError(f"n_samples must be an int >= 40 (a 95% interval needs at least 40 resamples), got {n_samples!r}")
+    if not isinstance(seed, int) or seed < 1:
+        raise ValueError(f"seed must be a positive int (sacreBLEU treats 0 as 'no seed'), got {seed!r}")
+    refs = _check_strings("references", references)
+    named = [(str(name), _check_strings(f"systems[{name!r}]", hyps)) for name, hyps in systems.items()]
+    for name, hyps in named:
+        if len(hyps) != len(refs):
+            raise ValueError(f"systems[{name!r}] has {len(hyps)} hypotheses but references has {len(refs)}; expected one per reference")
+    if not refs:
+        raise ValueError("references is empty: there is nothing to resample")
+    metric = BLEU()
+    saved = os.environ.get("SACREBLEU_SEED")
+    os.environ["SACREBLEU_SEED"] = str(seed)  # sacreBLEU reads its seed from here, for every part of the test
+    try:
+        signatures, results = PairedTest(named, {"BLEU": metric}, [refs], test_type="bs", n_samples=n_samples)()
+    finally:
+        if saved is None:
+            del os.environ["SACREBLEU_SEED"]
+        else:
+            os.environ["SACREBLEU_SEED"] = saved
+    signature = str(signatures["BLEU"])
+    # The paired differences, on the indices sacreBLEU drew for the test (see its _paired_bs_test).
+    idx = np.random.default_rng(seed).choice(len(refs), size=(n_samples, len(refs)), replace=True)
+    stats = [np.array(metric._extract_corpus_statistics(hyps, [refs]), dtype="float32") for _, hyps in named]
+    resampled = [np.array([metric._compute_score_from_stats(s.sum(0)).score for s in st[idx]]) for st in stats]
+    out = []
+    for k, ((name, _), result) in enumerate(zip(named, results["BLEU"])):
+        if k == 0:
+            # sacreBLEU estimates the baseline's interval from its own resamples (SACREBLEU_SEED)
+            out.append(SystemBootstrap(name, result.score, float(result.mean), float(result.ci), *(math.nan,) * 4))
+            continue
+        diffs = resampled[k] - resampled[0]
+        low, high = np.percentile(diffs, [2.5, 97.5])
+        out.append(SystemBootstrap(name, result.score, float(result.mean), float(result.ci), result.score - results["BLEU"][0].score,
+                                   float(low), float(high), float(result.p_value)))
+    return PairedBootstrap(tuple(out), n_samples, signature)

@@ -137,3 +137,85 @@ def test_bad_inputs_are_explained() -> None:
         bleu_by_length(["a"], HYPS, REFS)
     with pytest.raises(ValueError, match="strictly increasing"):
         bleu_by_length(HYPS, HYPS, REFS, buckets=(10, 5))
+
+
+# ---------------------------------------------------------------------------------- paired bootstrap
+
+
+def _systems(n: int = 120, seed: int = 0) -> tuple[dict[str, list[str]], list[str]]:
+    """References and three systems that replace 40%, 30% and 40% of the words with "x"."""
+    import random
+
+    rng = random.Random(seed)
+    words = "a dog runs on the grass while two men play ball near water".split()
+    refs = [" ".join(rng.choice(words) for _ in range(rng.randint(5, 14))) for _ in range(n)]
+
+    def noisy(p: float) -> list[str]:
+        return [" ".join(w if rng.random() > p else "x" for w in r.split()) for r in refs]
+
+    return {"base": noisy(0.4), "better": noisy(0.3), "other": noisy(0.4)}, refs
+
+
+def test_paired_bootstrap_per_system_numbers_are_sacrebleus() -> None:
+    from sacrebleu.metrics import BLEU
+    from sacrebleu.significance import PairedTest
+
+    from attn_tutorial import paired_bootstrap
+
+    systems, refs = _systems()
+    ours = paired_bootstrap(systems, refs, n_samples=200)
+    _, theirs = PairedTest(list(systems.items()), {"BLEU": BLEU()}, [refs], test_type="bs", n_samples=200)()
+    for mine, result in zip(ours.systems, theirs["BLEU"]):
+        assert mine.score == pytest.approx(result.score, abs=1e-9)
+        assert mine.mean == pytest.approx(result.mean, abs=1e-9)
+        assert mine.ci == pytest.approx(result.ci, abs=1e-9)
+        if result.p_value is not None:
+            assert mine.p_value == pytest.approx(result.p_value, abs=1e-12)
+    assert "bs:200" in ours.signature and "seed:12345" in ours.signature
+    assert ours["base"].score == pytest.approx(corpus_bleu(systems["base"], refs).score, abs=1e-9)
+
+
+def test_paired_bootstrap_difference_interval_matches_an_independent_resampling() -> None:
+    """The interval of the difference, recomputed with sacrebleu.corpus_bleu on every resampled test
+    set (the same indices: numpy's default_rng(seed), as sacreBLEU draws them): equal to 1e-6 BLEU."""
+    import numpy as np
+
+    from attn_tutorial import paired_bootstrap
+
+    systems, refs = _systems(n=60)
+    n = 40
+    result = paired_bootstrap({"base": systems["base"], "better": systems["better"]}, refs, n_samples=n, seed=7)
+    idx = np.random.default_rng(7).choice(len(refs), size=(n, len(refs)), replace=True)
+    diffs = []
+    for row in idx:
+        pick = lambda xs: [xs[i] for i in row]  # noqa: E731
+        diffs.append(sacrebleu.corpus_bleu(pick(systems["better"]), [pick(refs)]).score
+                     - sacrebleu.corpus_bleu(pick(systems["base"]), [pick(refs)]).score)
+    low, high = np.percentile(diffs, [2.5, 97.5])
+    better = result["better"]
+    assert better.delta_low == pytest.approx(low, abs=1e-4) and better.delta_high == pytest.approx(high, abs=1e-4)
+    assert better.delta == pytest.approx(better.score - result["base"].score)
+    assert better.differs and better.delta_low > 0  # 30% of words replaced against 40%: clearly better
+
+
+def test_paired_bootstrap_identical_systems_do_not_differ() -> None:
+    from attn_tutorial import paired_bootstrap
+
+    systems, refs = _systems()
+    result = paired_bootstrap({"a": systems["base"], "b": list(systems["base"])}, refs, n_samples=100)
+    assert result["b"].delta == 0 and result["b"].delta_low == 0 and result["b"].delta_high == 0
+    assert not result["b"].differs and math.isnan(result["a"].delta)
+
+
+def test_paired_bootstrap_bad_inputs_are_explained() -> None:
+    from attn_tutorial import paired_bootstrap
+
+    systems, refs = _systems(n=10)
+    with pytest.raises(ValueError, match="at least two"):
+        paired_bootstrap({"a": systems["base"]}, refs)
+    with pytest.raises(ValueError, match=r"systems\['b'\] has 9 hypotheses but references has 10"):
+        paired_bootstrap({"a": systems["base"], "b": systems["base"][:9]}, refs)
+    with pytest.raises(ValueError, match="n_samples"):
+        paired_bootstrap(systems, refs, n_samples=10)
+    with pytest.raises(KeyError, match="no system named"):
+        paired_bootstrap(systems, refs, n_samples=40)["nope"]
