@@ -21,7 +21,7 @@ export PYTHONHASHSEED := 0
 
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg
 
-.PHONY: book test setup notebooks book-strict browser-check ci clean distclean
+.PHONY: book test setup notebooks book-strict browser-check ci clean distclean bench-efficient
 
 book: setup $(ASSETS)
 	$(BIN)/jupyter-book build .
@@ -61,6 +61,11 @@ browser-check: setup
 
 ci:
 	bash .ci/run
+
+# Part IV's numbers: attention time and peak memory against length (naive, tiled, SDPA), decoding with
+# and without the key/value cache, K/V cache bytes per token. Time it on an idle machine.
+bench-efficient: setup
+	$(PY) benchmarks/efficient.py --out benchmarks/results/efficient.json
 
 clean:
 	rm -rf _build
