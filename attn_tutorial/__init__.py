@@ -48,6 +48,8 @@ from . import configs
 from .configs import *  # noqa: F403
 from . import pretrained
 from .pretrained import *  # noqa: F403
+from . import cards
+from .cards import *  # noqa: F403
 from . import attention_explorer
 from .attention_explorer import *  # noqa: F403
 
@@ -56,4 +58,4 @@ try:
 except PackageNotFoundError:  # running from a source tree that was not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = [*errors.__all__, *runtime.__all__, *data.__all__, *train.__all__, *kernel_regression.__all__, *plotting.__all__, *widgets.__all__, *attention.__all__, *multihead.__all__, *positional.__all__, *numpy_ref.__all__, *seq2seq.__all__, *transformer.__all__, *decoding.__all__, *metrics.__all__, *configs.__all__, *pretrained.__all__, *attention_explorer.__all__, *efficient.__all__]
+__all__ = [*errors.__all__, *runtime.__all__, *data.__all__, *train.__all__, *kernel_regression.__all__, *plotting.__all__, *widgets.__all__, *attention.__all__, *multihead.__all__, *positional.__all__, *numpy_ref.__all__, *seq2seq.__all__, *transformer.__all__, *decoding.__all__, *metrics.__all__, *configs.__all__, *pretrained.__all__, *cards.__all__, *attention_explorer.__all__, *efficient.__all__]

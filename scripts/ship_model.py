@@ -17,7 +17,9 @@
    test_2017_flickr with greedy decoding and beam 5, computed here with the same code path as
    ``attn-tutorial evaluate``; ``tests/test_shipped_models.py`` recomputes them from the shipped files.
 
-Writes ``attn_tutorial/pretrained/NAME/`` (model.safetensors, tokenizer.json, card.json).
+Writes ``attn_tutorial/pretrained/NAME/`` (model.safetensors, tokenizer.json, card.json, and
+``outputs/SPLIT.DECODING.txt``: the test translations behind every BLEU on the card, which the chapters
+use for bootstrap intervals; ``--reevaluate --keep-timings`` writes them for an already shipped model).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from attn_tutorial.cards import OUTPUTS_DIR
 from attn_tutorial.cli import SHIP_MAX_BYTES
 from attn_tutorial.configs import DataSpec, Recipe, build_model
 from attn_tutorial.data import load_multi30k
@@ -55,12 +58,26 @@ EVAL_SPLITS = ("test_2016_flickr", "test_2017_flickr")
 EVAL_BEAMS = {"greedy": 1, "beam5": 5}
 
 
-def _bleu(model_dir: Path, split: str, beam: int, spec: DataSpec, alpha: float = DEFAULT_LENGTH_PENALTY_ALPHA) -> tuple[float, float]:
+def _decode(model_dir: Path, split: str, beam: int, spec: DataSpec, alpha: float = DEFAULT_LENGTH_PENALTY_ALPHA) -> tuple[float, float, list[str]]:
+    """BLEU, decoding seconds and the translations of ``split`` (greedy for ``beam=1``)."""
     model, tokenizer, _ = load_pretrained(model_dir)
     pairs = load_multi30k(split, spec.src_lang, spec.tgt_lang)
     t0 = time.perf_counter()
     hyps = translate_sentences(model, tokenizer, [s for s, _ in pairs], beam_size=beam, length_penalty_alpha=alpha)
-    return corpus_bleu(hyps, [t for _, t in pairs]).score, time.perf_counter() - t0
+    return corpus_bleu(hyps, [t for _, t in pairs]).score, time.perf_counter() - t0, hyps
+
+
+def _bleu(model_dir: Path, split: str, beam: int, spec: DataSpec, alpha: float = DEFAULT_LENGTH_PENALTY_ALPHA) -> tuple[float, float]:
+    score, seconds, _ = _decode(model_dir, split, beam, spec, alpha)
+    return score, seconds
+
+
+def _write_outputs(model_dir: Path, outputs: dict[tuple[str, str], list[str]]) -> None:
+    """Store the test translations behind the card's BLEU: ``outputs/SPLIT.DECODING.txt``, one line each."""
+    folder = model_dir / OUTPUTS_DIR
+    folder.mkdir(exist_ok=True)
+    for (split, label), hyps in outputs.items():
+        (folder / f"{split}.{label}.txt").write_text("".join(h + "\n" for h in hyps), encoding="utf-8")
 
 
 def _candidate(run: Path, out: Path, n: int | None, every: int | None = None) -> Path:
@@ -94,15 +111,17 @@ def _candidate(run: Path, out: Path, n: int | None, every: int | None = None) ->
 
 def _evaluate(model_dir: Path, spec: DataSpec, alpha: float) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
     """Test BLEU and decoding seconds of ``model_dir`` for every split and beam the card reports (beam
-    search with length penalty ``alpha``)."""
+    search with length penalty ``alpha``); the translations go to ``model_dir/outputs/``."""
     results: dict[str, dict[str, float]] = {}
     seconds: dict[str, dict[str, float]] = {}
+    outputs: dict[tuple[str, str], list[str]] = {}
     for split in EVAL_SPLITS:
         for label, beam in EVAL_BEAMS.items():
-            score, secs = _bleu(model_dir, split, beam, spec, alpha)
+            score, secs, outputs[split, label] = _decode(model_dir, split, beam, spec, alpha)
             results.setdefault(split, {})[label] = round(score, 2)
             seconds.setdefault(split, {})[label] = round(secs, 1)
             print(f"{split} {label}: BLEU {score:.2f} ({secs:.0f}s)", flush=True)
+    _write_outputs(model_dir, outputs)
     return results, seconds
 
 
@@ -129,8 +148,10 @@ def _select_alpha(model_dir: Path, spec: DataSpec, alphas: list[float], beam: in
     return max(alphas, key=lambda a: scores.get(str(a), 0.0)), scores
 
 
-def reevaluate(name: str, alphas: list[float], beam: int) -> int:
-    """Decode the test sets again with an already shipped model: same BLEU (checked), new timings.
+def reevaluate(name: str, alphas: list[float], beam: int, keep_timings: bool = False) -> int:
+    """Decode the test sets again with an already shipped model: same BLEU (checked), new timings,
+    and the translations stored in ``outputs/`` (with ``keep_timings``: the card's timings stay, for a
+    machine that is not idle).
 
     For timings measured on a loaded machine: run this on idle cores so that every card's decoding
     speed is comparable. The weights and the scores do not change; a score that does is an error.
@@ -152,9 +173,10 @@ def reevaluate(name: str, alphas: list[float], beam: int) -> int:
                     raise SystemExit(f"{name} {split} {label}: BLEU {score} but the card says {card['test_bleu'][split][label]}")
     if len(alphas) > 1:  # new beam scores with the chosen alpha (the greedy ones checked unchanged above)
         card["test_bleu"] = results
-    card["eval"] = _eval_record(seconds, alpha)
+    if not keep_timings:
+        card["eval"] = _eval_record(seconds, alpha)
     (model_dir / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
-    print(f"re-timed {model_dir}: {json.dumps(seconds)}")
+    print(f"re-evaluated {model_dir}: {json.dumps(seconds)}" + (" (timings not stored)" if keep_timings else ""))
     return 0
 
 
@@ -174,13 +196,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--alphas", default=str(DEFAULT_LENGTH_PENALTY_ALPHA),
                     help="comma-separated GNMT length penalties: the best on validation BLEU (beam --select-beam, "
                          "chosen weights) goes in the card and is what beam search uses (default 0.6 only)")
+    ap.add_argument("--keep-timings", action="store_true",
+                    help="with --reevaluate: keep the card's decoding timings (the machine is not idle)")
     ap.add_argument("--threads", type=int, default=None)
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     alphas = [float(x) for x in args.alphas.split(",") if x.strip()]
     if args.reevaluate:
-        return reevaluate(args.name, alphas, args.select_beam)
+        return reevaluate(args.name, alphas, args.select_beam, args.keep_timings)
     if args.run is None:
         ap.error("RUN is required (unless --reevaluate)")
     run: Path = args.run
@@ -236,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         dest.mkdir(parents=True)
         for f in (MODEL_FILE, TOKENIZER_FILE, CARD_FILE):
             shutil.copy(chosen / f, dest / f)
+        shutil.copytree(chosen / OUTPUTS_DIR, dest / OUTPUTS_DIR)
     print(f"shipped {dest} ({size / 2**20:.1f} MiB): {json.dumps(results)}")
     return 0
 
