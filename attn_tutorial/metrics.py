@@ -36,6 +36,7 @@ __all__ = [
     "bleu_signature",
     "LengthBucket",
     "bleu_by_length",
+    "length_buckets",
     "SystemBootstrap",
     "PairedBootstrap",
     "paired_bootstrap",
@@ -147,19 +148,33 @@ def bleu_by_length(
     refs = _check_strings("references", references)
     if not len(srcs) == len(hyps) == len(refs):
         raise ValueError(f"sources, hypotheses and references must have equal lengths, got {len(srcs)}, {len(hyps)} and {len(refs)}")
-    edges = list(buckets)
-    if any(not isinstance(e, int) or e <= 0 for e in edges) or edges != sorted(set(edges)):
-        raise ValueError(f"buckets must be strictly increasing positive ints (bucket edges), got {list(buckets)!r}")
     bleu = _bleu(lowercase, tokenize)
-    tokenizer = bleu.tokenizer
-    lengths = [len(tokenizer(s.rstrip()).split()) for s in srcs]
-    bounds = list(zip([0, *edges], [*map(float, edges), math.inf]))
     result = []
-    for lo, hi in bounds:
-        idx = [i for i, n in enumerate(lengths) if lo <= n < hi]
+    for (lo, hi), idx in zip(_bounds(buckets), length_buckets(srcs, buckets, tokenize=tokenize)):
         score = bleu.corpus_score([hyps[i] for i in idx], [[refs[i] for i in idx]]).score if idx else math.nan
         result.append(LengthBucket(int(lo), hi, len(idx), score))
     return result
+
+
+def _bounds(buckets: Sequence[int]) -> list[tuple[int, float]]:
+    edges = list(buckets)
+    if any(not isinstance(e, int) or isinstance(e, bool) or e <= 0 for e in edges) or edges != sorted(set(edges)):
+        raise ValueError(f"buckets must be strictly increasing positive ints (bucket edges), got {list(buckets)!r}")
+    return list(zip([0, *edges], [*map(float, edges), math.inf]))
+
+
+def length_buckets(sources: Sequence[str], buckets: Sequence[int] = (10, 20, 30, 40, 50), *, tokenize: str = "13a") -> list[list[int]]:
+    """The indices of ``sources`` in each length bucket of :func:`bleu_by_length` (same edges, same
+    ``tokenize`` word count), e.g. to compute a bootstrap interval per bucket with :func:`paired_bootstrap`.
+
+    Shape:
+        ``sources``: ``N`` strings -> ``len(buckets) + 1`` lists of indices, together ``0 .. N-1``.
+    """
+    srcs = _check_strings("sources", sources)
+    bounds = _bounds(buckets)
+    tokenizer = _bleu(False, tokenize).tokenizer
+    lengths = [len(tokenizer(s.rstrip()).split()) for s in srcs]
+    return [[i for i, n in enumerate(lengths) if lo <= n < hi] for lo, hi in bounds]
 
 
 # --------------------------------------------------------------------------------------------

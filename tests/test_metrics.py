@@ -219,3 +219,15 @@ def test_paired_bootstrap_bad_inputs_are_explained() -> None:
         paired_bootstrap(systems, refs, n_samples=10)
     with pytest.raises(KeyError, match="no system named"):
         paired_bootstrap(systems, refs, n_samples=40)["nope"]
+
+
+def test_length_buckets_partition_the_sentences_as_bleu_by_length_counts_them() -> None:
+    from attn_tutorial import length_buckets
+
+    sources = ["a b", "a b c d e", "", "one two three four five six seven", "x , y ."]
+    groups = length_buckets(sources, (2, 5))
+    assert groups == [[2], [0, 4], [1, 3]]  # 0 words; 2 and 4 words ("x , y ." has 4 13a tokens); 5 and 7
+    assert sorted(i for g in groups for i in g) == list(range(len(sources)))
+    assert [b.n for b in bleu_by_length(sources, sources, sources, (2, 5))] == [len(g) for g in groups]
+    with pytest.raises(ValueError, match="strictly increasing"):
+        length_buckets(sources, (5, 2))
