@@ -45,7 +45,7 @@ from .attention import (
 
 from .data import PAD_ID
 
-__all__ = ["Seq2SeqConfig", "Seq2SeqState", "Seq2Seq", "Encoder", "BahdanauDecoder", "LuongDecoder", "PlainDecoder"]
+__all__ = ["Seq2SeqConfig", "Seq2SeqState", "Seq2Seq", "Encoder", "BahdanauDecoder", "LuongDecoder", "PlainDecoder", "gru_cell"]
 
 ATTENTION_KINDS = ("none", "bahdanau", "luong")
 LUONG_SCORES = ("dot", "general", "concat")
@@ -195,6 +195,33 @@ class Seq2SeqState:
             value = getattr(self, f.name)
             parts.append(f"{f.name}={tuple(value.shape)}" if isinstance(value, Tensor) else f"{f.name}={value!r}")
         return f"Seq2SeqState({', '.join(parts)})"
+
+
+# --------------------------------------------------------------------------------------------
+# One GRU step, written out (what torch.nn.GRU computes; the chapters' inline decoder steps use it)
+# --------------------------------------------------------------------------------------------
+
+
+def gru_cell(x: Tensor, h: Tensor, w_ih: Tensor, w_hh: Tensor, b_ih: Tensor, b_hh: Tensor) -> Tensor:
+    """One step of a GRU :cite:p:`cho2014gru` in PyTorch's convention, with ``torch.nn.GRU``'s weights.
+
+    .. math::
+        r = \\sigma(W_r x + b_{ir} + U_r h + b_{hr}), \\quad z = \\sigma(W_z x + b_{iz} + U_z h + b_{hz}),
+
+        n = \\tanh\\big(W_n x + b_{in} + r \\odot (U_n h + b_{hn})\\big), \\quad h' = (1 - z) \\odot n + z \\odot h
+
+    ``w_ih`` and ``w_hh`` stack the gates' matrices as ``[r; z; n]`` (``nn.GRU``'s ``weight_ih_l0`` and
+    ``weight_hh_l0``), ``b_ih`` and ``b_hh`` their biases. Teaching code: ``nn.GRU`` is the fast path.
+
+    Shape:
+        ``x`` ``(B, I)``, ``h`` ``(B, H)``, ``w_ih`` ``(3H, I)``, ``w_hh`` ``(3H, H)``, ``b_ih``/``b_hh`` ``(3H,)`` -> ``(B, H)``.
+    """
+    x_r, x_z, x_n = (x @ w_ih.T + b_ih).chunk(3, dim=-1)  # (B, H) each
+    h_r, h_z, h_n = (h @ w_hh.T + b_hh).chunk(3, dim=-1)
+    r = torch.sigmoid(x_r + h_r)  # reset gate
+    z = torch.sigmoid(x_z + h_z)  # update gate
+    n = torch.tanh(x_n + r * h_n)  # candidate state
+    return (1 - z) * n + z * h
 
 
 # --------------------------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from attn_tutorial import Seq2Seq, Seq2SeqConfig, Seq2SeqState, beam_search, greedy_decode, padding_mask
+from attn_tutorial import Seq2Seq, Seq2SeqConfig, Seq2SeqState, beam_search, greedy_decode, gru_cell, padding_mask
 
 PAD, BOS, EOS = 0, 1, 2
 SRC_V, TGT_V = 11, 13
@@ -376,3 +376,16 @@ def test_logits_mask_computes_only_real_positions() -> None:
     torch.testing.assert_close(picked, full[tgt_mask], atol=1e-6, rtol=1e-6)
     with pytest.raises(ValueError, match="logits_mask"):
         model(src, src_mask, tgt, tgt_mask, logits_mask=tgt_mask.long())
+
+
+def test_gru_cell_is_one_step_of_torch_gru() -> None:
+    """attn_tutorial.gru_cell with nn.GRU's weights reproduces nn.GRU step by step (float64, 1e-12)."""
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(5, 7, batch_first=True).double()
+    x = torch.randn(3, 6, 5, dtype=torch.float64)
+    h = torch.randn(3, 7, dtype=torch.float64)
+    out, h_n = gru(x, h[None])
+    for t in range(x.shape[1]):
+        h = gru_cell(x[:, t], h, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)
+        torch.testing.assert_close(h, out[:, t], rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(h, h_n[0], rtol=1e-12, atol=1e-12)
