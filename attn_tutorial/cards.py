@@ -10,7 +10,9 @@ Part III show the same few facts again and again; this module is the one place t
 * :func:`results_table` lays several cards side by side, budget columns first;
 * :func:`load_test_outputs` returns the test-set translations that ``scripts/ship_model.py`` stored
   next to the card, the outputs behind every BLEU on the card (for bootstrap intervals and analysis
-  without decoding again).
+  without decoding again);
+* :func:`load_experiment` returns the stored runs of an experiment the book reports (one record per
+  training run, with its seed, device and timing), written by ``scripts/synthetic_experiments.py``.
 """
 
 from __future__ import annotations
@@ -19,11 +21,21 @@ import json
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .pretrained import CARD_FILE, card_length_penalty, resolve_model_dir
 
-__all__ = ["CardSummary", "card_summary", "describe_card", "results_table", "load_test_outputs", "OUTPUTS_DIR", "TEST_SPLITS"]
+__all__ = [
+    "CardSummary",
+    "card_summary",
+    "describe_card",
+    "results_table",
+    "load_test_outputs",
+    "load_experiment",
+    "OUTPUTS_DIR",
+    "TEST_SPLITS",
+]
 
 #: Folder of a shipped model that holds its test-set translations, one file per split and decoding.
 OUTPUTS_DIR = "outputs"
@@ -168,3 +180,22 @@ def load_test_outputs(name: str, split: str = "test_2016_flickr", decoding: str 
         raise FileNotFoundError(f"{path} does not exist: this model's test outputs were not stored; "
                                 f"run `python scripts/ship_model.py --name {name} --reevaluate` to write them")
     return path.read_text(encoding="utf-8").split("\n")[:-1]
+
+
+#: Where the stored experiment results live (inside the package, so an installed package has them).
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def load_experiment(name: str) -> list[dict[str, Any]]:
+    """The stored runs of experiment ``name`` (``RESULTS_DIR/NAME.jsonl``), one dict per training run.
+
+    Each record holds the run's settings (e.g. ``attention``, ``hidden``, ``seed``), its measurements and
+    the command, device, thread count and torch version that produced it. The chapters read these
+    instead of training for minutes; ``scripts/synthetic_experiments.py NAME`` reproduces them.
+    """
+    path = RESULTS_DIR / f"{name}.jsonl"
+    if not path.is_file():
+        known = sorted(p.stem for p in RESULTS_DIR.glob("*.jsonl")) if RESULTS_DIR.is_dir() else []
+        raise FileNotFoundError(f"no stored results for experiment {name!r} ({path}); known: {known}; "
+                                f"run `python scripts/synthetic_experiments.py {name}` to produce them")
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -1,4 +1,4 @@
-"""The synthetic experiments behind Part III's claims, with seeds, written to ``book/results/``.
+"""The synthetic experiments behind Part III's claims, with seeds, written to ``attn_tutorial/results/``.
 
 Usage, from the repository root (each run appends to a JSON-lines file and is skipped when found
 there, so an interrupted experiment resumes where it stopped):
@@ -6,11 +6,12 @@ there, so an interrupted experiment resumes where it stopped):
     .venv/bin/python scripts/synthetic_experiments.py bottleneck --threads 1   # chapter 8
     .venv/bin/python scripts/synthetic_experiments.py dates --threads 1        # chapters 8-11
 
-``bottleneck``: digit-string reversal (lengths 1 to 16) with and without attention, for hidden sizes
-32, 64 and 128 and seeds 0, 1, 2. Every model trains *to a plateau*: a constant learning rate after
-warm-up, validation loss every 100 steps, stop after 3 evaluations without a new best (the best
-weights are restored), or at 2,000 steps. Then greedy exact match and per-character accuracy on 200
-fresh strings at each even length 2..16, and the length at which exact match falls to 50%.
+``bottleneck``: digit-string reversal (lengths 1 to 12) without attention for hidden sizes 32, 64 and
+128, and with Bahdanau attention for 32 and 64, each with seeds 0, 1, 2. Every model trains *to a
+plateau*: a constant learning rate after warm-up, validation loss every 100 steps, stop after 3
+evaluations without a new best (the best weights are restored), or at 1,500 steps. Then greedy exact
+match and per-character accuracy on 200 fresh strings at each even length 2..12, and the length at
+which exact match falls to 50%.
 
 ``dates``: the one date benchmark of Part III. The same data (``date_dataset(8000, 500, 1000,
 seed=0)``) and the same budget (800 steps of at most 2,048 padded tokens, warm-up then cosine) for
@@ -18,9 +19,10 @@ four decoders: a GRU without attention, with Bahdanau attention, with Luong atte
 Transformer. The learning rate is chosen for each on validation exact match (seed 0, three values),
 then seeds 1 and 2 run at the chosen rate; the test exact match is reported for all three seeds.
 
-The output files (``book/results/bottleneck.jsonl``, ``book/results/dates.jsonl``) hold one JSON
+The output files (``attn_tutorial/results/bottleneck.jsonl``, ``.../dates.jsonl``) hold one JSON
 object per run, with the device, thread count, torch version, wall and CPU time. The chapters read
-them and say which command made them; nothing here runs when the book is built.
+them with ``at.load_experiment(NAME)`` and say which command made them; nothing here runs when the
+book is built.
 """
 
 from __future__ import annotations
@@ -40,21 +42,21 @@ sys.path.insert(0, str(ROOT))  # run from a checkout without installing
 
 import attn_tutorial as at  # noqa: E402
 
-RESULTS = ROOT / "book" / "results"
+RESULTS = ROOT / "attn_tutorial" / "results"  # shipped with the package: at.load_experiment reads them
 
 # ---------------------------------------------------------------------------------------------
 # Reversal: the bottleneck
 # ---------------------------------------------------------------------------------------------
 
-REV_TRAIN_MAX = 16
+REV_TRAIN_MAX = 12
 REV_TEST_LENGTHS = list(range(2, REV_TRAIN_MAX + 1, 2))
-REV_HIDDEN = (32, 64, 128)
+REV_HIDDEN = {"none": (32, 64, 128), "bahdanau": (32, 64)}
 REV_SEEDS = (0, 1, 2)
 
 
 def reversal_splits() -> at.CharTaskSplits:
-    """8,000 training and 500 validation strings of lengths 1..16 (digits), no source shared."""
-    return at.reversal_dataset(8000, 500, 0, min_len=1, max_len=REV_TRAIN_MAX, seed=0)
+    """6,000 training and 300 validation strings of lengths 1..12 (digits), no source shared."""
+    return at.reversal_dataset(6000, 300, 0, min_len=1, max_len=REV_TRAIN_MAX, seed=0)
 
 
 def fresh_reversals(splits: at.CharTaskSplits, length: int, n: int = 200) -> list[tuple[str, str]]:
@@ -101,7 +103,7 @@ def run_bottleneck(attention: str, hidden: int, seed: int) -> dict:
     model = at.Seq2Seq(at.Seq2SeqConfig(vocab.vocab_size, emb_dim=32, hidden_dim=hidden, attention=attention))
     train = at.BatchIterator(splits.train, vocab, 2048, seed=seed, pad_to_multiple_of=1)
     val = at.BatchIterator(splits.val, vocab, 4096, shuffle=False, pad_to_multiple_of=1)
-    config = at.TrainConfig(epochs=1000, max_steps=2000, lr=5e-3, warmup_steps=50, schedule="constant",
+    config = at.TrainConfig(epochs=1000, max_steps=1500, lr=5e-3, warmup_steps=50, schedule="constant",
                             eval_every=100, early_stopping_patience=3, seed=seed, device="cpu", progress=False)
     t0, c0 = time.perf_counter(), time.process_time()
     history = at.fit(model, train, val, config)
@@ -120,7 +122,7 @@ def run_bottleneck(attention: str, hidden: int, seed: int) -> dict:
 
 def bottleneck_runs() -> list[dict]:
     # seed 0 of every configuration first, so that a cut-off experiment still covers every size
-    return [dict(attention=a, hidden=h, seed=s) for s in REV_SEEDS for h in REV_HIDDEN for a in ("none", "bahdanau")]
+    return [dict(attention=a, hidden=h, seed=s) for s in REV_SEEDS for a, sizes in REV_HIDDEN.items() for h in sizes]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("experiment", choices=("bottleneck", "dates"))
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=None, help="JSON-lines file (default: book/results/EXPERIMENT.jsonl)")
+    parser.add_argument("--out", type=Path, default=None, help="JSON-lines file (default: attn_tutorial/results/EXPERIMENT.jsonl)")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     out = args.out or RESULTS / f"{args.experiment}.jsonl"

@@ -59,3 +59,13 @@ def test_load_test_outputs_reads_one_line_per_sentence(tmp_path: Path) -> None:
         at.load_test_outputs(str(d), decoding="beam4")
     with pytest.raises(TypeError, match="card_or_name"):
         at.card_summary(42)  # type: ignore[arg-type]
+
+
+def test_load_experiment_reads_json_lines_and_names_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from attn_tutorial import cards
+
+    monkeypatch.setattr(cards, "RESULTS_DIR", tmp_path)
+    (tmp_path / "toy.jsonl").write_text('{"seed": 0, "x": 1.5}\n\n{"seed": 1, "x": 2.5}\n', encoding="utf-8")
+    assert at.load_experiment("toy") == [{"seed": 0, "x": 1.5}, {"seed": 1, "x": 2.5}]
+    with pytest.raises(FileNotFoundError, match=r"no stored results for experiment 'nope'.*known: \['toy'\].*synthetic_experiments.py nope"):
+        at.load_experiment("nope")
