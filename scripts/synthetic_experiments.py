@@ -4,7 +4,6 @@ Usage, from the repository root (each run appends to a JSON-lines file and is sk
 there, so an interrupted experiment resumes where it stopped):
 
     .venv/bin/python scripts/synthetic_experiments.py bottleneck --threads 1   # chapter 8
-    .venv/bin/python scripts/synthetic_experiments.py dates --threads 1        # chapters 8-11
 
 ``bottleneck``: digit-string reversal (lengths 1 to 12) without attention for hidden sizes 32, 64 and
 128, and with Bahdanau attention for 32 and 64, each with seeds 0, 1, 2. Every model trains *to a
@@ -13,16 +12,10 @@ evaluations without a new best (the best weights are restored), or at 1,500 step
 match and per-character accuracy on 200 fresh strings at each even length 2..12, and the length at
 which exact match falls to 50%.
 
-``dates``: the one date benchmark of Part III. The same data (``date_dataset(8000, 500, 1000,
-seed=0)``) and the same budget (800 steps of at most 2,048 padded tokens, warm-up then cosine) for
-four decoders: a GRU without attention, with Bahdanau attention, with Luong attention, and a small
-Transformer. The learning rate is chosen for each on validation exact match (seed 0, three values),
-then seeds 1 and 2 run at the chosen rate; the test exact match is reported for all three seeds.
-
-The output files (``attn_tutorial/results/bottleneck.jsonl``, ``.../dates.jsonl``) hold one JSON
-object per run, with the device, thread count, torch version, wall and CPU time. The chapters read
-them with ``at.load_experiment(NAME)`` and say which command made them; nothing here runs when the
-book is built.
+The output file (``attn_tutorial/results/bottleneck.jsonl``) holds one JSON object per run, with the
+device, thread count, torch version, wall and CPU time. Chapter 8 reads it with
+``at.load_experiment("bottleneck")`` and says which command made it; nothing here runs when the book
+is built.
 """
 
 from __future__ import annotations
@@ -126,68 +119,6 @@ def bottleneck_runs() -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Dates: one benchmark for four decoders
-# ---------------------------------------------------------------------------------------------
-
-DATE_LRS = (2e-3, 5e-3, 1e-2)
-DATE_STEPS = 800
-DATE_DECODERS = ("none", "bahdanau", "luong", "transformer")
-
-
-def date_model(decoder: str, vocab_size: int) -> torch.nn.Module:
-    """The four decoders of the date benchmark (shared source/target embeddings everywhere)."""
-    if decoder == "transformer":
-        return at.Transformer(at.TransformerConfig(
-            src_vocab_size=vocab_size, d_model=64, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
-            d_ff=128, dropout=0.0, max_len=64))
-    extra = {"luong_score": "general", "input_feeding": True} if decoder == "luong" else {}
-    return at.Seq2Seq(at.Seq2SeqConfig(vocab_size, emb_dim=32, hidden_dim=64, attention=decoder,
-                                       share_embeddings=True, **extra))
-
-
-def run_dates(decoder: str, lr: float, seed: int) -> dict:
-    splits = at.date_dataset(8000, 500, 1000, seed=0)
-    vocab = splits.vocab
-    at.set_seed(seed)
-    model = date_model(decoder, vocab.vocab_size)
-    train = at.BatchIterator(splits.train, vocab, 2048, seed=seed, pad_to_multiple_of=1)
-    config = at.TrainConfig(epochs=1000, max_steps=DATE_STEPS, lr=lr, warmup_steps=40, schedule="cosine",
-                            min_lr=lr / 100, seed=seed, device="cpu", progress=False)
-    curve: list[tuple[int, float]] = []
-    eval_cpu = 0.0
-
-    def on_event(event: at.TrainEvent) -> bool:
-        nonlocal eval_cpu
-        if event.kind == "step" and event.step % 100 == 0:
-            c = time.process_time()
-            curve.append((event.step, exact_and_chars(event.model, vocab, splits.val)[0]))
-            event.model.train()
-            eval_cpu += time.process_time() - c
-        return False
-
-    t0, c0 = time.perf_counter(), time.process_time()
-    at.fit(model, train, None, config, callbacks=[on_event])
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0 - eval_cpu
-    model.eval()
-    val_exact, _ = exact_and_chars(model, vocab, splits.val)
-    test_exact, test_chars = exact_and_chars(model, vocab, splits.test)
-    first_90 = next((s for s, e in curve if e >= 0.9), None)
-    return {
-        "decoder": decoder, "lr": lr, "seed": seed, "parameters": model.num_parameters(), "steps": DATE_STEPS,
-        "val_curve": curve, "val_exact": val_exact, "test_exact": test_exact, "test_per_char": test_chars,
-        "first_step_val_90": first_90, "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1),
-    }
-
-
-def chosen_lr(done: list[dict], decoder: str) -> float | None:
-    """The learning rate with the best validation exact match for seed 0 (ties: the smaller rate)."""
-    sweep = [r for r in done if r["decoder"] == decoder and r["seed"] == 0]
-    if len(sweep) < len(DATE_LRS):
-        return None
-    return max(sweep, key=lambda r: (r["val_exact"], -r["lr"]))["lr"]
-
-
-# ---------------------------------------------------------------------------------------------
 
 
 def _environment(threads: int) -> dict:
@@ -197,7 +128,7 @@ def _environment(threads: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("experiment", choices=("bottleneck", "dates"))
+    parser.add_argument("experiment", choices=("bottleneck",))
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="JSON-lines file (default: attn_tutorial/results/EXPERIMENT.jsonl)")
     args = parser.parse_args(argv)
@@ -215,17 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         done.append(result)
         print(json.dumps({k: v for k, v in result.items() if k not in ("val_curve", "per_char")}), flush=True)
 
-    if args.experiment == "bottleneck":
-        for run in bottleneck_runs():
-            if not any(all(r[k] == v for k, v in run.items()) for r in done):
-                record(run_bottleneck(**run))
-        return 0
-    for seed in (0, 1, 2):
-        for decoder in DATE_DECODERS:
-            lrs = DATE_LRS if seed == 0 else (chosen_lr(done, decoder),)
-            for lr in lrs:
-                if not any(r["decoder"] == decoder and r["seed"] == seed and r["lr"] == lr for r in done):
-                    record(run_dates(decoder, lr, seed))
+    for run in bottleneck_runs():
+        if not any(all(r[k] == v for k, v in run.items()) for r in done):
+            record(run_bottleneck(**run))
     return 0
 
 
