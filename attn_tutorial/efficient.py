@@ -18,12 +18,16 @@ Conventions as everywhere in the package: batch first, ``(batch, heads, seq, dim
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 from .attention import _broadcast, _check_mask, _check_qkv, _scores_shape, _shape, fused_attention, scaled_dot_product_attention
 
@@ -36,6 +40,7 @@ __all__ = [
     "reorder_kv",
     "kv_cache_bytes_per_token",
     "kv_cache_nbytes",
+    "peak_tensor_bytes",
     "sliding_window_global_mask",
     "sliding_window_attention",
     "elu_feature_map",
@@ -272,6 +277,45 @@ def kv_cache_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, 
 def kv_cache_nbytes(cache: Sequence[_KVCache | None]) -> int:
     """Bytes held by a list of per-layer caches (``None`` entries count 0)."""
     return sum(k.nbytes + v.nbytes for kv in cache if kv is not None for k, v in [kv])
+
+
+class _TensorMemory(TorchDispatchMode):
+    """Counts the bytes of every storage an operation creates while it is alive; keeps the peak."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.live, self.peak, self._alive = 0, 0, set()
+
+    def _free(self, key: int, nbytes: int) -> None:
+        self._alive.discard(key)
+        self.live -= nbytes
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, Tensor) and t.device.type != "meta":
+                key = t.untyped_storage().data_ptr()
+                if key and key not in self._alive:  # a new storage, not a view of a counted one
+                    nbytes = t.untyped_storage().nbytes()
+                    self._alive.add(key)
+                    self.live += nbytes
+                    self.peak = max(self.peak, self.live)
+                    weakref.finalize(t.untyped_storage(), self._free, key, nbytes)  # fires when the storage dies
+        return out
+
+
+def peak_tensor_bytes(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tuple[Any, int]:
+    """Run ``fn(*args, **kwargs)`` and return ``(result, peak bytes of the tensors it allocated)``.
+
+    Counts the storage of every tensor created by a PyTorch operation inside ``fn`` from its creation
+    until the storage is freed (views share it and count once; the inputs are not counted; the result is). Deterministic, unlike the
+    process's resident size, but blind to buffers a fused C++ kernel allocates internally (such as those
+    of ``F.scaled_dot_product_attention``): use it for code written with PyTorch operations.
+    """
+    tracker = _TensorMemory()
+    with tracker:
+        result = fn(*args, **kwargs)
+    return result, tracker.peak
 
 
 # --------------------------------------------------------------------------------------------

@@ -377,3 +377,21 @@ def test_causal_alibi_bias_with_inf_and_is_causal() -> None:
         scaled_dot_product_attention(q, k, v, bias=torch.ones(5, 5, dtype=torch.bool))
     with pytest.raises(ValueError, match="bias"):
         fused_attention(q, k, v, bias=torch.zeros(3, 5, 5, dtype=torch.float64))
+
+
+# ---- memory ---------------------------------------------------------------------------------------
+
+
+def test_peak_tensor_bytes_sees_the_quadratic_matrices_and_tiles_avoid_them() -> None:
+    from attn_tutorial import peak_tensor_bytes
+
+    H, L, D = 2, 512, 16
+    q = torch.randn(1, H, L, D)
+    with torch.no_grad():
+        _, naive = peak_tensor_bytes(scaled_dot_product_attention, q, q, q)
+        _, tiled = peak_tensor_bytes(tiled_attention, q, q, q, block_size=64)
+    scores = H * L * L * 4
+    assert 2 * scores <= naive <= 2 * scores + 4 * H * L * D * 4  # scores and weights alive together
+    assert tiled <= naive / 10 and tiled >= H * L * D * 4  # the output is counted, no (L, L) matrix
+    _, nothing = peak_tensor_bytes(lambda: None)
+    assert nothing == 0
