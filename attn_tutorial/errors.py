@@ -19,7 +19,7 @@ True
 
 from __future__ import annotations
 
-__all__ = ["UserError", "DamagedFileError", "BUG_REPORT_URL"]  # ChecksumError is re-exported by .data
+__all__ = ["UserError", "DamagedFileError", "TrainingDivergedError", "BUG_REPORT_URL"]  # ChecksumError is re-exported by .data
 
 #: Where to report a bug (printed under the traceback of an unexpected error).
 BUG_REPORT_URL = "https://github.com/attn-tutorial/attention-book/issues"
@@ -35,3 +35,7 @@ class DamagedFileError(UserError):
 
 class ChecksumError(DamagedFileError):
     """A data file's SHA-256 is not the one the book expects (corrupted or a different version)."""
+
+
+class TrainingDivergedError(UserError, FloatingPointError):
+    """The training loss became NaN or infinite: the settings (learning rate, warmup, clipping) need changing."""

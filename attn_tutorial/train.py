@@ -24,6 +24,15 @@ What :func:`fit` expects of its inputs (duck-typed, so any model and data of thi
 
 Checkpoints contain no pickle: tensors go to ``safetensors`` files, everything else to a JSON sidecar
 ``checkpoint.json`` written last, so a checkpoint directory is complete if and only if its JSON exists.
+
+Crash safety: every file is written to a temporary name, flushed and ``fsync``-ed, then renamed into
+place (``os.replace``, atomic). The JSON sidecar is the checkpoint's commit point: it names the
+weights and state files by their (fresh, random) names and SHA-256, and it is renamed into place only
+after they are complete, so a process killed at any moment (SIGKILL included, mid-step or
+mid-write) leaves the previous complete checkpoint as the newest one :func:`latest_checkpoint` finds.
+Rotation renames a directory out of the ``step-N`` namespace before deleting it, so a half-deleted
+checkpoint is never taken for a complete one. A write that fails (a full disk) removes what it
+wrote and leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
@@ -60,6 +69,7 @@ from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from .errors import DamagedFileError, TrainingDivergedError, UserError
 from .runtime import atomic_write_bytes, autocast_dtype, default_device, repo_root, set_seed
 
 __all__ = [
@@ -578,6 +588,18 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=1, default=str) + "\n").encode())
 
 
+#: Test hook: ``"POINT@STEP"`` kills this process with SIGKILL when it reaches ``POINT`` at ``STEP``
+#: (points: ``step`` (after the backward pass, before the update), ``weights-written``,
+#: ``state-written``, ``json-written``, ``rotating``). Used by the tests of interrupted training.
+_KILL_ENV = "ATTN_TUTORIAL_TEST_KILL_AT"
+
+
+def _kill_point(point: str, step: int | None) -> None:
+    spec = os.environ.get(_KILL_ENV)
+    if spec and spec == f"{point}@{step}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _untie(tensors: Mapping[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, str]]:
     """Tensors safetensors can store (CPU, contiguous, no shared memory) and the aliases of tied ones.
 
@@ -624,7 +646,10 @@ def _read_safetensors(directory: Path, record: Mapping[str, Any], device: str) -
     path = directory / record["name"]
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != record["sha256"]:
-        raise ValueError(f"{path} is corrupt: sha256 {digest} != {record['sha256']} recorded in {CHECKPOINT_JSON}")
+        raise DamagedFileError(
+            f"{path} is corrupt: sha256 {digest} != {record['sha256']} recorded in {CHECKPOINT_JSON}; resume from "
+            "an older checkpoint of the run (or delete this one)"
+        )
     return load_file(str(path), device=device)
 
 
@@ -695,10 +720,50 @@ def save_checkpoint(
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    weights_record, aliases = _safetensors_file(directory, "model", model.state_dict())
-    state_record = state_aliases = None
-    if training_state is not None:
-        state_record, state_aliases = _safetensors_file(directory, "state", training_state.tensors)
+    written: list[Path] = []  # removed again if the checkpoint cannot be completed (a full disk)
+    try:
+        weights_record, aliases = _safetensors_file(directory, "model", model.state_dict())
+        written.append(directory / weights_record["name"])
+        _kill_point("weights-written", step)
+        state_record = state_aliases = None
+        if training_state is not None:
+            state_record, state_aliases = _safetensors_file(directory, "state", training_state.tensors)
+            written.append(directory / state_record["name"])
+        _kill_point("state-written", step)
+        _complete_checkpoint(directory, model, weights_record, aliases, state_record, state_aliases, config=config,
+                             history=history, tokenizer=tokenizer, step=step, epoch=epoch,
+                             training_state=training_state, extra=extra)
+    except BaseException:
+        if not _names_files(directory, written):  # the JSON did not switch to them: they are debris
+            for path in written:
+                with contextlib.suppress(OSError):
+                    path.unlink()
+        raise
+    _kill_point("json-written", step)
+    keep = {weights_record["name"]} | ({state_record["name"]} if state_record else set())
+    for stale in directory.glob("*.safetensors"):
+        if stale.name not in keep and re.match(r"^(model|state)-[0-9a-f]{12}\.safetensors$", stale.name):
+            stale.unlink(missing_ok=True)
+    return directory
+
+
+def _names_files(directory: Path, files: Sequence[Path]) -> bool:
+    """Whether ``directory``'s checkpoint JSON on disk names any of ``files`` (the save did commit)."""
+    try:
+        meta = json.loads((directory / CHECKPOINT_JSON).read_text())
+        named = {(r or {}).get("name") for r in meta["files"].values()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return False
+    return any(p.name in named for p in files)
+
+
+def _complete_checkpoint(
+    directory: Path, model: nn.Module, weights_record: dict[str, Any], aliases: dict[str, str],
+    state_record: dict[str, Any] | None, state_aliases: dict[str, str] | None, *, config: TrainConfig | None,
+    history: History | None, tokenizer: Any, step: int | None, epoch: int | None,
+    training_state: TrainingState | None, extra: Mapping[str, Any] | None,
+) -> None:
+    """Write the JSON sidecar that makes the checkpoint in ``directory`` complete (the commit point)."""
     try:
         device = str(next(model.parameters()).device)
     except StopIteration:
@@ -726,11 +791,6 @@ def save_checkpoint(
         "extra": dict(extra) if extra is not None else None,
     }
     _write_json_atomic(directory / CHECKPOINT_JSON, meta)
-    keep = {weights_record["name"]} | ({state_record["name"]} if state_record else set())
-    for stale in directory.glob("*.safetensors"):
-        if stale.name not in keep and re.match(r"^(model|state)-[0-9a-f]{12}\.safetensors$", stale.name):
-            stale.unlink(missing_ok=True)
-    return directory
 
 
 def load_checkpoint(
@@ -754,9 +814,20 @@ def load_checkpoint(
             f"{directory} holds no complete checkpoint: {CHECKPOINT_JSON} is missing (a checkpoint is complete "
             "exactly when its JSON exists)"
         )
-    meta = json.loads(meta_path.read_text())
-    if meta.get("format") != _FORMAT:
-        raise ValueError(f"{meta_path} is not an {_FORMAT} file (format={meta.get('format')!r})")
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise DamagedFileError(
+            f"{meta_path} is not valid JSON ({err}); the checkpoint is damaged: resume from an older one of the run"
+        ) from None
+    if not isinstance(meta, dict) or meta.get("format") != _FORMAT:
+        found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise DamagedFileError(f"{meta_path} is not an {_FORMAT} file (format={found!r})")
+    if int(meta.get("format_version") or 1) > _FORMAT_VERSION:
+        raise DamagedFileError(
+            f"{meta_path} has checkpoint format {meta['format_version']}, newer than the {_FORMAT_VERSION} this "
+            "attn_tutorial reads: upgrade (pip install -U attn-tutorial)"
+        )
     device = str(torch.device(map_location))
     weights = _read_safetensors(directory, meta["files"]["weights"], device)
     for alias, target in meta.get("aliases", {}).items():
@@ -790,6 +861,9 @@ def latest_checkpoint(root: str | os.PathLike[str]) -> Path | None:
     return complete[-1] if complete else None
 
 
+_TRASH_PREFIX = ".deleting-"
+
+
 def _rotate(root: Path, keep_last_n: int | None, keep_every_steps: int | None = None) -> None:
     dirs = _step_dirs(root)
     complete = [(s, p) for s, p, ok in dirs if ok]
@@ -797,7 +871,18 @@ def _rotate(root: Path, keep_last_n: int | None, keep_every_steps: int | None = 
     doomed = [p for s, p, ok in dirs if not ok and s < newest]  # debris of interrupted saves
     if keep_last_n is not None:
         doomed += [p for s, p in complete[:-keep_last_n] if not (keep_every_steps and s % keep_every_steps == 0)]
+    # First out of the step-N namespace (one atomic rename), then deleted: a process killed while
+    # deleting leaves a hidden folder, never a step-N checkpoint with some of its files gone.
+    trash = [p for p in root.glob(f"{_TRASH_PREFIX}*") if p.is_dir()]  # left by a killed rotation
     for p in doomed:
+        target = p.with_name(f"{_TRASH_PREFIX}{p.name}-{uuid.uuid4().hex[:8]}")
+        try:
+            os.replace(p, target)
+        except OSError:
+            continue
+        trash.append(target)
+        _kill_point("rotating", int(p.name.removeprefix("step-")))
+    for p in trash:
         shutil.rmtree(p, ignore_errors=True)
 
 
@@ -891,7 +976,7 @@ def load_exported(
     with safe_open(str(path), framework="pt") as f:
         header = f.metadata() or {}
     if header.get("format") != _FORMAT + ".fp16":
-        raise ValueError(f"{path} was not written by export_fp16 (format={header.get('format')!r})")
+        raise DamagedFileError(f"{path} was not written by export_fp16 (format={header.get('format')!r})")
     weights = load_file(str(path), device=str(torch.device(map_location)))
     if dtype is not None:
         weights = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in weights.items()}
@@ -1286,7 +1371,7 @@ def fit(
     else:
         ckpt = load_checkpoint(_resolve_resume(resume_from), model)
         if ckpt.training_state is None:
-            raise ValueError(
+            raise UserError(
                 f"{ckpt.path} has weights but no training state, so training cannot resume exactly; load it with "
                 "load_checkpoint(path, model) and call fit without resume_from to fine-tune from it"
             )
@@ -1302,7 +1387,7 @@ def fit(
         start_epoch, skip = scalars["position"]["epoch"], scalars["position"]["step_in_epoch"]
         saved_world = scalars.get("world_size", 1)
         if skip > 0 and saved_world != world_size:
-            raise ValueError(
+            raise UserError(
                 f"{ckpt.path} was written in the middle of an epoch by {saved_world} process(es); resume it with "
                 f"{saved_world}, not {world_size} (the position in the epoch counts each process's share of batches)"
             )
@@ -1341,17 +1426,28 @@ def fit(
             last_saved = step
             return
         history.wall_time = wall_before + (time.perf_counter() - t_start)
-        save_checkpoint(
-            ckpt_root / f"step-{step:08d}",
-            model,
-            config=config,
-            history=history,
-            tokenizer=tokenizer,
-            step=step,
-            epoch=epoch,
-            training_state=training_state(epoch, step_in_epoch, epoch_rng),
-            extra={"step_in_epoch": step_in_epoch},
-        )
+        target = ckpt_root / f"step-{step:08d}"
+        try:
+            save_checkpoint(
+                target,
+                model,
+                config=config,
+                history=history,
+                tokenizer=tokenizer,
+                step=step,
+                epoch=epoch,
+                training_state=training_state(epoch, step_in_epoch, epoch_rng),
+                extra={"step_in_epoch": step_in_epoch},
+            )
+        except OSError as err:  # a full disk, a quota: say what is safe and what to do
+            previous = latest_checkpoint(ckpt_root)
+            safe = f"the newest complete checkpoint, {previous}, is intact" if previous else "no earlier checkpoint exists"
+            raise OSError(
+                err.errno,
+                f"{err.strerror or err} while writing checkpoint {target}; {safe}: free space, then resume from it "
+                "(attn-tutorial train --resume, or fit(resume_from=...))",
+                str(target),
+            ) from err
         last_saved = step
         _rotate(ckpt_root, config.keep_last_n, config.keep_every_steps)
 
@@ -1419,7 +1515,7 @@ def fit(
                 assert resume_rng is not None
                 for _ in range(skip):
                     if next(iterator, None) is None:
-                        raise ValueError(
+                        raise UserError(
                             f"cannot resume at batch {skip} of epoch {epoch}: train_batches now has fewer batches"
                         )
                 step_in_epoch = skip
@@ -1441,7 +1537,7 @@ def fit(
                     weighted, n_tokens = procs.sum(loss_value * n_tokens, n_tokens)
                     loss_value = weighted / n_tokens if n_tokens > 0 else weighted
                 if not math.isfinite(loss_value):
-                    raise FloatingPointError(
+                    raise TrainingDivergedError(
                         f"the training loss is {loss_value} at step {step} (epoch {epoch}); try a lower lr "
                         f"(now {lr:.3g}), more warmup_steps or grad_clip"
                     )
@@ -1451,6 +1547,7 @@ def fit(
                     scaler.unscale_(optimizer)
                 else:
                     loss.backward()
+                _kill_point("step", step)
                 max_norm = config.grad_clip if config.grad_clip is not None else math.inf
                 grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
                 if scaler is not None:

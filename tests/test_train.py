@@ -600,7 +600,7 @@ def test_a_crash_before_the_json_leaves_the_old_checkpoint_valid(tmp_path: Path,
     monkeypatch.setattr(train_mod, "_write_json_atomic", crash)
     with pytest.raises(RuntimeError, match="simulated crash"):
         save_checkpoint(tmp_path, new, step=2)
-    assert len(list(tmp_path.glob("model-*.safetensors"))) == 2  # the new weights did reach the disk
+    assert len(list(tmp_path.glob("model-*.safetensors"))) == 1  # the failed save removed the weights it wrote
     ckpt = load_checkpoint(tmp_path)
     assert ckpt.step == 1
     assert_same_weights(ckpt.weights, weights(old))
@@ -612,7 +612,8 @@ def test_a_crash_before_the_json_leaves_the_old_checkpoint_valid(tmp_path: Path,
     assert latest_checkpoint(tmp_path / "root") == tmp_path / "root" / "step-00000005"
     with pytest.raises(FileNotFoundError, match="checkpoint.json is missing"):
         load_checkpoint(tmp_path / "root" / "step-00000009")
-    # The next successful save removes the orphaned files.
+    # A process killed before its JSON leaves orphaned files (it cannot clean up): the next successful save removes them.
+    (tmp_path / "model-0123456789ab.safetensors").write_bytes(b"orphan of a killed save")
     save_checkpoint(tmp_path, new, step=3)
     assert len(list(tmp_path.glob("model-*.safetensors"))) == 1
     assert_same_weights(load_checkpoint(tmp_path).weights, weights(new))
@@ -823,3 +824,69 @@ def test_no_pickle_anywhere_in_a_training_checkpoint(tmp_path: Path) -> None:
     assert ckpt.training_state.scalars["position"] == {"epoch": 1, "step_in_epoch": 0, "global_step": 2}
     assert (tmp_path / "best" / CHECKPOINT_JSON).is_file()
     assert os.path.getsize(tmp_path / "step-00000002" / CHECKPOINT_JSON) > 0
+
+
+# ----------------------------------------------------------------------------------------------
+# A full disk during a checkpoint write (issue 15)
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fails", ["model-", "state-", "checkpoint.json"])
+def test_a_full_disk_during_a_checkpoint_leaves_the_previous_one_intact(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fails: str
+) -> None:
+    """The disk fills up while step 4's checkpoint is written (half of one file gets in): fit stops with
+    ENOSPC naming the intact previous checkpoint, nothing half-written is left, and resuming from it
+    ends with the weights of an uninterrupted run."""
+    import errno
+
+    train, val = make_batches(4, 0), make_batches(2, 1)
+    cfg = dataclasses.replace(BASE, epochs=2, eval_every="epoch")
+    straight = fresh_model(0)
+    fit(straight, EpochShuffled(train), val, cfg)
+
+    real_writer, real_fdopen = train_mod.atomic_write_bytes, os.fdopen
+
+    class FullDisk:
+        """A file on a full disk: the first half of the bytes gets in, then ENOSPC."""
+
+        def __init__(self, fh: Any) -> None:
+            self.fh = fh
+
+        def __enter__(self) -> FullDisk:
+            return self
+
+        def __exit__(self, *exc: object) -> None:
+            self.fh.close()
+
+        def write(self, data: bytes) -> int:
+            self.fh.write(data[: len(data) // 2])
+            self.fh.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def writer(path: Any, data: bytes) -> None:
+        path = Path(path)
+        if path.parent.name == "step-00000004" and path.name.startswith(fails):
+            monkeypatch.setattr(os, "fdopen", lambda fd, *a, **k: FullDisk(real_fdopen(fd, *a, **k)))
+            try:
+                real_writer(path, data)
+            finally:
+                monkeypatch.setattr(os, "fdopen", real_fdopen)
+        else:
+            real_writer(path, data)
+
+    monkeypatch.setattr(train_mod, "atomic_write_bytes", writer)
+    root = tmp_path / "run"
+    run_cfg = dataclasses.replace(cfg, checkpoint_dir=str(root), checkpoint_every_steps=2, keep_last_n=None)
+    with pytest.raises(OSError) as info:
+        fit(fresh_model(0), EpochShuffled(train), val, run_cfg)
+    assert info.value.errno == errno.ENOSPC
+    assert "step-00000004" in str(info.value) and f"{root / 'step-00000002'}, is intact" in str(info.value)
+    monkeypatch.setattr(train_mod, "atomic_write_bytes", real_writer)
+    assert latest_checkpoint(root) == root / "step-00000002"
+    previous = load_checkpoint(root / "step-00000002")  # complete; every file's SHA-256 checked
+    assert previous.step == 2 and previous.training_state is not None
+    assert list((root / "step-00000004").iterdir()) == []  # no partial, temporary or orphaned file left
+    resumed = fresh_model(9)
+    fit(resumed, EpochShuffled(train), val, run_cfg, resume_from=root)
+    assert_same_weights(weights(straight), weights(resumed))  # rtol=0, atol=0
