@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import subprocess
@@ -315,6 +316,7 @@ def test_console_script_translates_from_stdin(model_dir: Path) -> None:
 # --------------------------------------------------------------------------------------------
 
 from attn_tutorial import cli as cli_module  # noqa: E402
+from attn_tutorial import errors as attn_tutorial_errors  # noqa: E402
 from attn_tutorial.cli import clean_line  # noqa: E402
 from attn_tutorial.pretrained import split_for_model  # noqa: E402
 
@@ -478,3 +480,58 @@ def test_evaluate_scores_a_hypothesis_file_and_refuses_a_wrong_line_count(
     line = _error([*argv, "--limit", "3", "--hypotheses", str(tmp_path / "hyps.txt")], capsys)
     assert f"has {len(val)} lines but split val (--limit 3) has 3" in line
     assert "no such file" in _error([*argv, "--hypotheses", str(tmp_path / "nope.txt")], capsys)
+
+
+# --------------------------------------------------------------------------------------------
+# User errors are one line; bugs keep their traceback (issue 15)
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("raised", "code", "expected"),
+    [
+        (attn_tutorial_errors.UserError("model dir x lacks y: copy it again"), 2, "attn-tutorial: error: model dir x lacks y: copy it again"),
+        (FileNotFoundError("no file at /x"), 2, "attn-tutorial: error: no file at /x"),
+        (OSError(errno.ENOSPC, "No space left on device", "/runs/x"), 2, "attn-tutorial: error: No space left on device: /runs/x"),
+        (KeyboardInterrupt(), 130, "attn-tutorial: interrupted"),
+    ],
+)
+def test_user_errors_are_one_line(raised: BaseException, code: int, expected: str, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    def fail(args: Any) -> int:
+        raise raised
+
+    monkeypatch.setattr(cli_module, "_info", fail)
+    capsys.readouterr()
+    try:
+        status = main(["info"])
+    except SystemExit as exc:
+        status = exc.code
+    err = capsys.readouterr().err
+    assert status == code and err.strip() == expected and "Traceback" not in err
+
+
+@pytest.mark.parametrize("raised", [ValueError("an internal check failed"), KeyError("x"), RuntimeError("shape mismatch")])
+def test_a_bug_keeps_its_traceback_and_asks_to_be_reported(raised: Exception, capsys: pytest.CaptureFixture[str],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """A plain ValueError inside the package is a bug, not a user error (it used to print one line)."""
+
+    def fail(args: Any) -> int:
+        raise raised
+
+    monkeypatch.setattr(cli_module, "_info", fail)
+    capsys.readouterr()
+    assert main(["info"]) == 1
+    err = capsys.readouterr().err
+    assert "Traceback (most recent call last)" in err and f"{type(raised).__name__}: " in err
+    assert "this is a bug in attn_tutorial" in err.strip().splitlines()[-1] and "please report it" in err
+    monkeypatch.setenv("ATTN_TUTORIAL_DEBUG", "1")
+    with pytest.raises(type(raised)):
+        main(["info"])
+
+
+def test_user_errors_are_value_errors_for_old_callers() -> None:
+    assert issubclass(attn_tutorial_errors.UserError, ValueError)
+    assert issubclass(attn_tutorial_errors.DamagedFileError, attn_tutorial_errors.UserError)
+    assert issubclass(data_module.ChecksumError, attn_tutorial_errors.DamagedFileError)
+    assert issubclass(attn_tutorial_errors.TrainingDivergedError, FloatingPointError)
