@@ -8,6 +8,8 @@ Needs a built book in ``_build/html`` (``make book`` or ``make book-strict``) an
 * images that did not load;
 * math that MathJax did not typeset (raw TeX left, or a TeX error);
 * widgets stored in a notebook that the widget manager did not render;
+* Chinese characters drawn as empty boxes (tofu), because no font with CJK glyphs was found
+  (``scripts/ensure_chromium.py`` installs Debian's ``fonts-noto-cjk``);
 
 and it checks that every page of ``_toc.yml`` is in the navigation. A full-page screenshot of each
 page is written to ``_build/screenshots/`` for a person to look at.
@@ -56,6 +58,46 @@ ALLOWED_404 = [
     # npm path it was published at. Only icon buttons would need it; the book's widgets have none.
     r"/@jupyter-widgets/html-manager/dist/[0-9a-f]+\.(woff2?|ttf|eot|svg)$",
 ]
+
+
+# Chinese characters without a font are drawn as the primary font's .notdef glyph (an empty box) or not at
+# all. The probe draws every distinct CJK character of the page on a canvas, in the font family of the
+# element it appears in, and compares the pixels with those of code points no font has (unassigned
+# U+0378 and plane-15 private use U+F0000): identical pixels, or no ink at all, mean a box. Canvas text
+# uses the same font fallback as the page.
+CJK_PROBE = r"""() => {
+    const cjk = /[\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]/gu;
+    const seen = new Map();  // "family|char" -> [family, char]
+    const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+    for (let node = walker.nextNode(); node; node = walker.nextNode()) {
+        const parent = node.parentElement;
+        if (!parent || parent.closest('script, style, mjx-container')) continue;
+        const chars = node.data.match(cjk);
+        if (!chars) continue;
+        const family = getComputedStyle(parent).fontFamily;
+        for (const ch of chars) if (seen.size < 400) seen.set(family + '|' + ch, [family, ch]);
+    }
+    const canvas = document.createElement('canvas');
+    canvas.width = canvas.height = 48;
+    const ctx = canvas.getContext('2d', {willReadFrequently: true});
+    const draw = (ch, family) => {
+        ctx.clearRect(0, 0, 48, 48);
+        ctx.font = `32px ${family}`;
+        ctx.fillText(ch, 4, 36);
+        const alpha = ctx.getImageData(0, 0, 48, 48).data.filter((_, i) => i % 4 === 3);
+        return alpha.join(',');
+    };
+    const blank = draw(' ', 'sans-serif');
+    const refs = new Map();
+    const tofu = [];
+    for (const [family, ch] of seen.values()) {
+        if (!refs.has(family)) refs.set(family, [draw('\u0378', family), draw('\u{F0000}', family)]);
+        const pixels = draw(ch, family);
+        if (pixels === blank || refs.get(family).includes(pixels)) tofu.push(ch);
+    }
+    const distinct = new Set([...seen.values()].map(([, ch]) => ch)).size;
+    return {checked: seen.size, distinct: distinct, tofu: [...new Set(tofu)]};
+}"""
 
 
 def _redirect_target(rel: str) -> str | None:
@@ -215,6 +257,7 @@ def test_page_renders_cleanly(rel: str, server: str, browser: Any) -> None:
                 .map(e => e.textContent.slice(0, 80)),
         })"""
     )
+    cjk = page.evaluate(CJK_PROBE)
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / (rel.replace("/", "__").removesuffix(".html") + ".png")), full_page=True)
     context.close()
@@ -234,6 +277,58 @@ def test_page_renders_cleanly(rel: str, server: str, browser: Any) -> None:
         problems.append(f"TeX errors: {report['texErrors'][:5]}")
     if report["rawTables"]:
         problems.append(f"Markdown tables not rendered as tables: {report['rawTables'][:3]}")
+    if cjk["tofu"]:
+        problems.append(f"Chinese characters drawn as boxes (no CJK font? run scripts/ensure_chromium.py): "
+                        f"{''.join(cjk['tofu'][:20])}")
     if report["widgetViews"] and not report["renderedWidgets"]:
         problems.append(f"{report['widgetViews']} stored widget(s) not rendered")
     assert not problems, f"{rel}:\n  " + "\n  ".join(problems)
+
+
+def _cjk_on_glossary(browser: Any, server: str) -> dict[str, Any]:
+    page = browser.new_page()
+    page.goto(f"{server}/book/glossary.html", wait_until="load")
+    page.evaluate("() => document.fonts.ready")
+    result = page.evaluate(CJK_PROBE)
+    page.close()
+    return result
+
+
+def test_glossary_renders_its_chinese(server: str, browser: Any) -> None:
+    result = _cjk_on_glossary(browser, server)
+    assert result["distinct"] >= 100, f"the glossary should show its Chinese terms; found {result['distinct']} characters"
+    assert not result["tofu"], f"Chinese drawn as boxes on the glossary: {''.join(result['tofu'][:20])}"
+
+
+def test_chinese_check_fails_without_a_cjk_font(server: str, tmp_path: Path) -> None:
+    """The tofu check is not vacuous: with every CJK font hidden from fontconfig, it fails the glossary."""
+    import subprocess
+
+    from playwright.sync_api import sync_playwright
+
+    files = subprocess.run(["fc-list", ":lang=zh", "file"], capture_output=True, text=True, check=False).stdout
+    fonts = sorted({line.split(":")[0].strip() for line in files.splitlines() if line.strip()})
+    assert fonts, "fontconfig lists no CJK font: run scripts/ensure_chromium.py"
+    rejects = "".join(f"<glob>{f}</glob>" for f in fonts)
+    conf = tmp_path / "fonts.conf"
+    conf.write_text(
+        '<?xml version="1.0"?><!DOCTYPE fontconfig SYSTEM "fonts.dtd"><fontconfig>'
+        '<include ignore_missing="yes">/etc/fonts/fonts.conf</include>'
+        f"<selectfont><rejectfont>{rejects}</rejectfont></selectfont></fontconfig>"
+    )
+    hidden = subprocess.run(["fc-list", ":lang=zh", "file"], capture_output=True, text=True, check=False,
+                            env={**os.environ, "FONTCONFIG_FILE": str(conf)}).stdout
+    assert not hidden.strip(), f"the fontconfig file did not hide the CJK fonts: {hidden[:200]}"
+    executable = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True,
+                                    env={**os.environ, "FONTCONFIG_FILE": str(conf)})
+        try:
+            result = _cjk_on_glossary(browser, server)
+        finally:
+            browser.close()
+    assert result["distinct"] >= 100
+    assert len(result["tofu"]) >= 0.9 * result["distinct"], (
+        f"with the CJK fonts hidden, the check saw only {len(result['tofu'])} of {result['distinct']} "
+        "Chinese characters as boxes: it would not catch a missing font"
+    )
