@@ -811,9 +811,48 @@ def test_a_signal_during_the_epoch_end_evaluation_checkpoints_between_epochs(tmp
     assert_same_weights(weights(straight), weights(resumed))  # rtol=0, atol=0
 
 
-def test_no_pickle_anywhere_in_a_training_checkpoint(tmp_path: Path) -> None:
+def _assert_json_or_safetensors_not_pickle(path: Path) -> None:
+    """``path`` is a JSON file or a safetensors file (an 8-byte header length, a JSON header, then raw
+    tensor bytes that exactly fill the rest), and not a pickle: not a zip archive (``torch.save``'s
+    format, a pickle inside), ``pickletools`` cannot read it as a pickle opcode stream (parsed, never
+    executed), and a JSON file has no pickle protocol header (the PROTO opcode ``0x80`` and a
+    protocol number; a safetensors file's first byte is part of its header length, so may be 0x80)."""
+    import pickletools
+    import struct
+
+    data = path.read_bytes()
+    assert data[:4] != b"PK\x03\x04", f"{path.name} is a zip archive (torch.save format)"
+    with pytest.raises(Exception):  # noqa: B017 - any parse error: not a pickle opcode stream
+        for _ in pickletools.genops(data):
+            pass
+    if path.suffix == ".json":
+        assert not (data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")), path.name
+        json.loads(data.decode("utf-8"))
+        return
+    assert path.suffix == ".safetensors", f"{path.name}: the package writes only JSON and safetensors"
+    (n,) = struct.unpack("<Q", data[:8])
+    assert data[8:9] == b"{", f"{path.name}: no JSON header after the length"
+    header = json.loads(data[8 : 8 + n])
+    ends = [entry["data_offsets"][1] for name, entry in header.items() if name != "__metadata__"]
+    assert 8 + n + max(ends, default=0) == len(data), f"{path.name} holds bytes beyond its tensors"
+
+
+def test_a_training_checkpoint_holds_the_full_state_and_no_pickle(tmp_path: Path) -> None:
+    """No pickle in any file the package writes: checkpoints (step and best), fp16 exports, model cards,
+    recipes and tokenizers (the CLI-made run in tests/fixtures included)."""
     cfg = dataclasses.replace(BASE, epochs=1, checkpoint_dir=str(tmp_path), early_stopping_patience=2, eval_every=1)
     fit(fresh_model(), make_batches(2, 0), make_batches(1, 1), cfg)
+    export_fp16(tmp_path / "step-00000002", tmp_path / "export" / "model.safetensors")
+    from attn_tutorial.data import date_vocab, train_bpe
+    from attn_tutorial.pretrained import save_tokenizer
+
+    save_tokenizer(date_vocab(), tmp_path / "tok" / "char.json")
+    save_tokenizer(train_bpe(["ein Hund", "a dog"] * 3, vocab_size=30), tmp_path / "tok" / "bpe.json")
+    fixture = Path(__file__).parent / "fixtures" / "run-v0.1.0"  # written by attn-tutorial train
+    written = [p for root in (tmp_path, fixture) for p in root.rglob("*") if p.is_file()]
+    assert {p.suffix for p in written} == {".json", ".safetensors"} and len(written) >= 15
+    for path in written:
+        _assert_json_or_safetensors_not_pickle(path)
     files = sorted(p.name.split("-")[0] for p in (tmp_path / "step-00000002").iterdir())
     assert files == ["checkpoint.json", "model", "state"]
     ckpt = load_checkpoint(tmp_path / "step-00000002")
