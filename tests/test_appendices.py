@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -199,9 +196,12 @@ def test_refs_in_appendix_pages_name_existing_labels(page: Path) -> None:
 def test_running_guide_has_the_gpu_estimate_label_and_the_real_offline_message() -> None:
     text = RUNNING.read_text(encoding="utf-8")
     assert "(gpu-cost-estimate)=" in text
-    env = {**os.environ, "ATTN_TUTORIAL_DATA": "/nonexistent"}
-    run = subprocess.run([sys.executable, "-m", "attn_tutorial", "evaluate", "--model", "bahdanau", "--split", "val"],
-                         capture_output=True, text=True, env=env, timeout=120, cwd=ROOT)
-    assert run.returncode != 0
-    message = run.stderr.strip().splitlines()[-1]
+    import attn_tutorial as at
+
+    # The command line prints "attn-tutorial: error: " and the message of the data_dir() error.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("ATTN_TUTORIAL_DATA", "/nonexistent")
+        with pytest.raises(FileNotFoundError) as err:
+            at.data_dir()
+    message = f"attn-tutorial: error: {err.value}"
     assert message in text, f"book/running.md should quote the package's message:\n{message}"

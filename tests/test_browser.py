@@ -300,11 +300,9 @@ def test_glossary_renders_its_chinese(server: str, browser: Any) -> None:
     assert not result["tofu"], f"Chinese drawn as boxes on the glossary: {''.join(result['tofu'][:20])}"
 
 
-def test_chinese_check_fails_without_a_cjk_font(server: str, tmp_path: Path) -> None:
+def test_chinese_check_fails_without_a_cjk_font(server: str, browser: Any, tmp_path: Path) -> None:
     """The tofu check is not vacuous: with every CJK font hidden from fontconfig, it fails the glossary."""
     import subprocess
-
-    from playwright.sync_api import sync_playwright
 
     files = subprocess.run(["fc-list", ":lang=zh", "file"], capture_output=True, text=True, check=False).stdout
     fonts = sorted({line.split(":")[0].strip() for line in files.splitlines() if line.strip()})
@@ -320,13 +318,13 @@ def test_chinese_check_fails_without_a_cjk_font(server: str, tmp_path: Path) -> 
                             env={**os.environ, "FONTCONFIG_FILE": str(conf)}).stdout
     assert not hidden.strip(), f"the fontconfig file did not hide the CJK fonts: {hidden[:200]}"
     executable = os.environ.get("CHROMIUM", "/usr/bin/chromium")
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True,
-                                    env={**os.environ, "FONTCONFIG_FILE": str(conf)})
-        try:
-            result = _cjk_on_glossary(browser, server)
-        finally:
-            browser.close()
+    # A second Chromium from the same Playwright instance, its fontconfig told to reject every CJK font.
+    hidden_browser = browser.browser_type.launch(executable_path=executable, args=CHROMIUM_ARGS, headless=True,
+                                                 env={**os.environ, "FONTCONFIG_FILE": str(conf)})
+    try:
+        result = _cjk_on_glossary(hidden_browser, server)
+    finally:
+        hidden_browser.close()
     assert result["distinct"] >= 100
     assert len(result["tofu"]) >= 0.9 * result["distinct"], (
         f"with the CJK fonts hidden, the check saw only {len(result['tofu'])} of {result['distinct']} "
