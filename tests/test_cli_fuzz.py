@@ -2,7 +2,8 @@
 
 Runs the command in-process (``attn_tutorial.cli.main`` with a byte stdin and a captured stdout) with
 the shipped ``gru-none`` model, greedy, outputs capped at 8 tokens (``--max-len``; the contract does
-not depend on it) and the model loaded once. Bounded: 25 + 15 examples, no deadline per example.
+not depend on it) and the model loaded once. Bounded: 15 + 15 examples, no deadline per example (time it on an idle machine:
+on a 2-core machine with a load average of 13 the text test took 537 s at 25 examples).
 
 The contract: exit status 0; exactly as many output lines as input lines (lines split on ``\\n``, a
 final ``\\n`` ends the last line); no line break inside an output; an empty output for a line that is
@@ -25,7 +26,7 @@ from attn_tutorial.pretrained import list_pretrained, load_pretrained
 
 MODEL = "gru-none"
 ARGV = ["translate", "--model", MODEL, "--max-len", "8", "--batch-size", "64"]
-FUZZ = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+FUZZ = settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 _LOADED: dict[str, tuple] = {}
 
