@@ -1,4 +1,4 @@
-"""The ``attn-tutorial`` command line.
+r"""The ``attn-tutorial`` command line.
 
 * ``attn-tutorial info`` prints what the package sees: its version, PyTorch's, the device it would
   compute on, and where it looks for data.
