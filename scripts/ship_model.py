@@ -105,6 +105,7 @@ def _candidate(run: Path, out: Path, n: int | None, every: int | None = None) ->
     shutil.rmtree(ckpt)
     card = json.loads((out / CARD_FILE).read_text())
     card["averaged_checkpoints"] = [p.name for p in chosen]
+    card["model_bytes"] = (out / MODEL_FILE).stat().st_size  # the averaged export, not the run's (loading checks it)
     (out / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
     return out
 
