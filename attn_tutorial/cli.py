@@ -24,7 +24,7 @@ What ``translate`` does with any input, on purpose (warnings go to stderr and na
 input                              what happens
 =================================  ================================================================
 empty or whitespace-only line      an empty output line; the model is not run
-``\r\n`` line ends                the ``\r`` is dropped (lines are split on ``\n`` only)
+``\r\n`` line ends                 the ``\r`` is dropped (lines are split on ``\n`` only)
 a lone ``\r``, tab, other control  replaced by a space (C0/C1 control characters, DEL)
 characters
 non-breaking and other Unicode     replaced by a plain space (also U+2028/U+2029 separators, which
