@@ -26,3 +26,12 @@ def check_int(name: str, value: object, minimum: int = 0) -> None:
     """Raise ``ValueError`` unless ``value`` is an int (not a bool) ``>= minimum``."""
     if not is_int(value) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+def describe(x: object) -> str:
+    """What ``x`` is, for an error message: ``"a torch.float32 tensor of shape (2, 3)"`` or ``"int 3"``."""
+    import torch  # the checks of plain values must not need torch at import
+
+    if isinstance(x, torch.Tensor):
+        return f"a {x.dtype} tensor of shape {tuple(x.shape)}"
+    return f"{type(x).__name__} {x!r}"

@@ -33,9 +33,10 @@ import matplotlib.pyplot as plt
 import torch
 from torch import Tensor
 
-from .data import BOS_ID, EOS_ID, SPECIAL_TOKENS, TextTokenizer, collate
+from .batching import collate
 from .decoding import greedy_decode
 from .plotting import plot_attention_heatmap
+from .tokens import BOS_ID, EOS_ID, SPECIAL_TOKENS, TextTokenizer
 from .transformer import Transformer
 from .widgets import Explorer
 

@@ -59,66 +59,54 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import errno
 import io
 import json
 import os
 import platform
-import shlex
 import sys
 import time
 import traceback
 import unicodedata
 from collections.abc import Iterator, Sequence
-from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, TextIO
 
 import torch
 
 from . import __version__
-from .configs import DataSpec, Recipe, apply_overrides, build_model, get_recipe, list_recipes
-from .data import MULTI30K_SPLITS, BatchIterator, date_dataset, date_vocab, load_multi30k, train_bpe
+from .configs import (
+    DataSpec,
+    list_recipes,
+)
 from .errors import BUG_REPORT_URL, DamagedFileError, UserError
-from .metrics import bleu_signature, corpus_bleu
+from .multi30k import MULTI30K_SPLITS
 from .pretrained import (
     CARD_FILE,
-    MODEL_FILE,
-    MODEL_FORMAT_VERSION,
-    TOKENIZER_FILE,
     card_length_penalty,
     list_pretrained,
     load_pretrained,
-    load_tokenizer,
     read_card,
     resolve_model_dir,
-    save_tokenizer,
     translate_sentences,
 )
-from .runtime import DATA_ENV_VAR, atomic_write_bytes, autocast_dtype, data_dir, default_device, set_seed
-from .train import TrainEvent, export_fp16, fit, init_distributed, latest_checkpoint, load_checkpoint
+from .runtime import (
+    DATA_ENV_VAR,
+    autocast_dtype,
+    data_dir,
+    user_device,
+)
+from .tasks import DATES_SPLITS
 
-__all__ = ["build_parser", "main", "load_split", "CLIError", "clean_line"]
+__all__ = ["build_parser", "main", "CLIError", "clean_line"]
 
-DATES_SPLITS = ("train", "val", "test")
-#: The most a model shipped inside the package may take on disk (fp16 weights).
-SHIP_MAX_BYTES = 16 * 2**20
 
 
 class CLIError(UserError):
     """An expected failure found by the command line itself: one line on stderr, exit status 2."""
 
 
-def _device(name: str | None) -> torch.device:
-    try:
-        return default_device(name)
-    except (RuntimeError, TypeError) as err:  # an accelerator that is not here, or a malformed name
-        raise CLIError(str(err) if isinstance(err, RuntimeError) else f"invalid --device {name!r}") from None
-
-
 def _info(args: argparse.Namespace) -> int:
-    device = _device(args.device)
+    device = user_device(args.device)
     amp = autocast_dtype(device)
     try:
         data: str = str(data_dir())
@@ -133,319 +121,15 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-# --------------------------------------------------------------------------------------------
-# Data
-# --------------------------------------------------------------------------------------------
-
-
-def load_split(spec: DataSpec, split: str) -> list[tuple[str, str]]:
-    """The ``(source, target)`` pairs of ``split`` of a recipe's data set (all of them, no limits).
-
-    Multi30K: one of ``attn_tutorial.data.MULTI30K_SPLITS``; the date task: ``train``, ``val``
-    or ``test``, regenerated from the recipe's sizes and seed.
-    """
-    if spec.dataset == "multi30k":
-        if split not in MULTI30K_SPLITS:
-            raise CLIError(f"unknown split {split!r} for multi30k; choose one of {', '.join(MULTI30K_SPLITS)}")
-        return load_multi30k(split, spec.src_lang, spec.tgt_lang)
-    if split not in DATES_SPLITS:
-        raise CLIError(f"unknown split {split!r} for the date task; choose one of {', '.join(DATES_SPLITS)}")
-    splits = date_dataset(spec.n_train, spec.n_val, spec.n_test, seed=spec.data_seed)
-    return list(getattr(splits, split))
-
-
-def _limit(pairs: list[tuple[str, str]], n: int | None) -> list[tuple[str, str]]:
-    return pairs if n is None else pairs[:n]
-
-
-# --------------------------------------------------------------------------------------------
-# train
-# --------------------------------------------------------------------------------------------
-
-
-class _Log:
-    """Writes each line to stderr and appends it to ``train.log``."""
-
-    def __init__(self, path: Path) -> None:
-        self.file: TextIO = path.open("a", encoding="utf-8")
-        self.t0 = time.perf_counter()
-
-    def __call__(self, message: str) -> None:
-        line = f"[{time.perf_counter() - self.t0:8.1f}s] {message}"
-        print(line, file=sys.stderr, flush=True)
-        self.file.write(line + "\n")
-        self.file.flush()
-
-    def close(self) -> None:
-        self.file.close()
-
-
-class _NoLog(_Log):
-    """The log of processes other than rank 0 under torchrun: rank 0 speaks for all of them."""
-
-    def __init__(self) -> None:
-        pass
-
-    def __call__(self, message: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-class _CountingBatches:
-    """Wraps a :class:`BatchIterator` and counts the real target tokens it hands out (for tokens/s)."""
-
-    def __init__(self, inner: BatchIterator) -> None:
-        self.inner = inner
-        self.tokens = 0
-
-    def __len__(self) -> int:
-        return len(self.inner)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.inner.set_epoch(epoch)
-
-    def __iter__(self) -> Iterator[Any]:
-        for batch in self.inner:
-            self.tokens += batch.num_tokens
-            yield batch
-
-
-class _Progress:
-    """A :func:`fit` callback: logs loss, learning rate and tokens/s every ``every`` steps."""
-
-    def __init__(self, log: _Log, batches: _CountingBatches, every: int) -> None:
-        self.log, self.batches, self.every = log, batches, every
-        self.t_last = time.perf_counter()
-        self.tokens_last = 0
-        self.train_seconds = 0.0
-        self.train_tokens = 0
-
-    def __call__(self, event: TrainEvent) -> None:
-        now = time.perf_counter()
-        if event.kind == "eval":
-            self.log(f"step {event.step} epoch {event.epoch} val_loss {event.value:.4f} ppl {event.history.val_perplexity[-1]:.2f}")
-            self.t_last, self.tokens_last = time.perf_counter(), self.batches.tokens
-            return
-        if event.step % self.every and event.step != 1:
-            return
-        dt, dn = now - self.t_last, self.batches.tokens - self.tokens_last
-        self.train_seconds += dt
-        self.train_tokens += dn
-        h = event.history
-        self.log(
-            f"step {event.step} epoch {event.epoch} loss {event.value:.4f} lr {h.lr[-1]:.2e} "
-            f"grad_norm {h.grad_norm[-1]:.2f} tok/s {dn / max(dt, 1e-9):.0f}"
-        )
-        self.t_last, self.tokens_last = now, self.batches.tokens
-
-
-_RECIPE_FILE = "recipe.json"
-_CHECKPOINTS = "checkpoints"
-
-
-def _resolve_recipe(args: argparse.Namespace, device: torch.device, out: Path) -> Recipe:
-    try:
-        recipe = get_recipe(args.recipe)
-    except KeyError as err:
-        raise CLIError(err.args[0]) from None
-    try:
-        recipe = apply_overrides(recipe, args.set or [])
-    except (ValueError, TypeError, KeyError) as err:  # a bad --set: the recipe's own message
-        raise CLIError(" ".join(str(err.args[0] if isinstance(err, KeyError) and err.args else err).split())) from None
-    train_updates: dict[str, Any] = {
-        "device": str(device),
-        "checkpoint_dir": str(out / _CHECKPOINTS),
-        "checkpoint_every_steps": recipe.checkpoint_every_steps,
-    }
-    for name in ("epochs", "max_steps", "seed"):
-        if getattr(args, name) is not None:
-            train_updates[name] = getattr(args, name)
-    try:
-        return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, **train_updates))
-    except (ValueError, TypeError) as err:
-        raise CLIError(" ".join(str(err).split())) from None
-
-
 def _train(args: argparse.Namespace, argv: Sequence[str]) -> int:
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size < 2:
-        return _train_checked(args, argv, _device(args.device), world_size=1)
-    # Started by torchrun: one process per GPU (or several on the CPU), joined into one group here.
-    try:
-        device = init_distributed(args.device)
-    except RuntimeError as err:
-        raise CLIError(str(err)) from None
-    try:
-        return _train_checked(args, argv, device, world_size=world_size)
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def _barrier(world_size: int) -> None:
-    """Wait until every process of the torchrun group gets here (nothing to wait for in one process)."""
-    if world_size < 2:
-        return
-    if torch.distributed.get_backend() == "nccl":
-        torch.distributed.barrier(device_ids=[torch.cuda.current_device()])
-    else:
-        torch.distributed.barrier()
-
-
-def _train_checked(args: argparse.Namespace, argv: Sequence[str], device: torch.device, world_size: int) -> int:
-    is_main = world_size == 1 or torch.distributed.get_rank() == 0
-    out = Path(args.out if args.out is not None else Path("runs") / args.recipe).expanduser().resolve()
-    recipe = _resolve_recipe(args, device, out)
-    ckpt_dir = out / _CHECKPOINTS
-    previous = latest_checkpoint(ckpt_dir)
-    fresh_restart = False
-    if args.resume:
-        if previous is None and (out / _RECIPE_FILE).is_file() and not (out / CARD_FILE).exists():
-            # Killed before its first checkpoint: starting again from step 0 gives the same weights.
-            fresh_restart = True
-        elif previous is None:
-            raise CLIError(f"--resume: {ckpt_dir} holds no complete checkpoint to resume from (run without --resume to start)")
-        try:
-            saved = Recipe.from_dict(json.loads((out / _RECIPE_FILE).read_text(encoding="utf-8")))
-        except FileNotFoundError:
-            raise CLIError(f"--resume: {out / _RECIPE_FILE} is missing, so the run cannot be checked; is {out} a training run?") from None
-        except (ValueError, TypeError, KeyError) as err:
-            raise DamagedFileError(
-                f"{out / _RECIPE_FILE} is damaged ({' '.join(str(err).split())}); it is a copy of the recipe: rewrite it "
-                "from the card or from a checkpoint's checkpoint.json (train_config), or start a new run"
-            ) from None
-        for part in ("data", "tokenizer", "model_kind", "model"):
-            if getattr(saved, part) != getattr(recipe, part):
-                raise CLIError(
-                    f"--resume: the recipe's {part} differs from the run in {out} "
-                    f"({getattr(saved, part)!r} there, {getattr(recipe, part)!r} now)"
-                )
-    elif previous is not None or (out / CARD_FILE).exists():
-        raise CLIError(f"{out} already holds a training run; pass --resume to continue it or choose another --out")
-    # Load the data before anything is written, so that missing data leaves no half-made run behind.
-    train_pairs = _limit(load_split(recipe.data, "train"), recipe.data.max_train_pairs)
-    val_pairs = _limit(load_split(recipe.data, "val"), recipe.data.max_val_pairs)
-    _barrier(world_size)  # every process has checked the output directory before rank 0 writes to it
-    if is_main:
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(out / _RECIPE_FILE, (json.dumps(recipe.to_dict(), indent=1) + "\n").encode())
-    log = _Log(out / "train.log") if is_main else _NoLog()
-    if fresh_restart:
-        log(f"--resume: no complete checkpoint in {ckpt_dir} yet (the run stopped before its first): starting from step 0")
-    try:
-        return _train_run(
-            args, argv, recipe, device, out, previous if args.resume else None, log, train_pairs, val_pairs, world_size
-        )
-    finally:
-        log.close()
-
-
-def _train_run(
-    args: argparse.Namespace, argv: Sequence[str], recipe: Recipe, device: torch.device, out: Path,
-    resume_from: Path | None, log: _Log, train_pairs: list[tuple[str, str]], val_pairs: list[tuple[str, str]],
-    world_size: int = 1,
-) -> int:
-    spec = recipe.data
-    is_main = world_size == 1 or torch.distributed.get_rank() == 0
-    log(f"attn-tutorial {__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), device {device}")
-    if world_size > 1:
-        log(f"{world_size} processes (torchrun), DistributedDataParallel with backend {torch.distributed.get_backend()}")
-    log(f"recipe {recipe.name}: {recipe.description}; output {out}" + (f"; resuming from {resume_from.name}" if resume_from else ""))
-    log(f"data {spec.dataset}: {len(train_pairs)} training pairs, {len(val_pairs)} validation pairs")
-
-    tok_path = out / TOKENIZER_FILE
-    if not is_main:  # rank 0 trains and saves the tokenizer; the others read it
-        _barrier(world_size)
-        tokenizer = load_tokenizer(tok_path)
-    elif resume_from is not None:  # the tokenizer the checkpoints were trained with
-        tokenizer = load_tokenizer(tok_path)
-        log(f"tokenizer loaded from {tok_path} ({tokenizer.vocab_size} ids)")
-    else:
-        t0 = time.perf_counter()
-        if recipe.tokenizer.kind == "bpe":
-            texts = [s for pair in train_pairs for s in pair]  # source and target, training split only
-            tokenizer = train_bpe(texts, recipe.tokenizer.vocab_size, min_frequency=recipe.tokenizer.min_frequency)
-        else:
-            tokenizer = date_vocab()
-        save_tokenizer(tokenizer, tok_path)
-        log(f"tokenizer {recipe.tokenizer.kind} with {tokenizer.vocab_size} ids in {time.perf_counter() - t0:.1f}s -> {tok_path}")
-    if is_main:
-        _barrier(world_size)
-
-    cfg = recipe.train
-    set_seed(cfg.seed)  # the model's initial weights
-    try:
-        model = build_model(recipe, tokenizer.vocab_size)
-    except (ValueError, TypeError) as err:  # a model setting of --set the config refuses
-        raise CLIError(f"recipe {recipe.name}: {' '.join(str(err).split())}") from None
-    n_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    log(f"model {recipe.model_kind} {recipe.model}: {n_params:,} parameters")
-    try:
-        batches = BatchIterator(train_pairs, tokenizer, spec.max_tokens, shuffle=True, seed=cfg.seed, max_len=spec.max_len)
-        val_batches = BatchIterator(val_pairs, tokenizer, spec.max_tokens, shuffle=False, max_len=spec.max_len)
-    except ValueError as err:  # e.g. data.max_tokens below one example's length, or no pairs at all
-        raise CLIError(f"recipe {recipe.name}: {' '.join(str(err).split())}") from None
-    counting = _CountingBatches(batches)
-    log(f"{len(batches)} batches per epoch (max_tokens {spec.max_tokens}), {cfg.epochs} epochs, max_steps {cfg.max_steps}")
-    if world_size > 1:
-        log(f"each process trains on one batch in {world_size}: {len(batches) // world_size} steps per epoch")
-    progress = _Progress(log, counting, cfg.log_every)
-    history = fit(
-        model, counting, val_batches, cfg, resume_from=resume_from, callbacks=[progress], tokenizer=str(tok_path)
+    from .run import (  # imported here: 'info' and 'translate' need none of it
+        TrainRequest,
+        train_recipe,
     )
-    if not is_main:  # fit returned once rank 0's checkpoints were written; rank 0 evaluates and exports
-        return 0
-    tps = progress.train_tokens / progress.train_seconds if progress.train_seconds > 0 else float("nan")
-    log(f"training done: {history.num_steps} steps, {history.wall_time:.1f}s, {tps:.0f} target tokens/s")
 
-    best = out / _CHECKPOINTS / "best"
-    final = best if (best / "checkpoint.json").is_file() else latest_checkpoint(out / _CHECKPOINTS)
-    if final is None:  # fit always writes one when checkpoint_dir is set
-        raise CLIError(f"no checkpoint was written under {out / _CHECKPOINTS}")
-    t0 = time.perf_counter()
-    model.eval()
-    hyps = translate_sentences(model, tokenizer, [s for s, _ in val_pairs], batch_size=args.batch_size)
-    score = corpus_bleu(hyps, [t for _, t in val_pairs])
-    signature = bleu_signature()
-    log(f"val BLEU (greedy, {len(val_pairs)} sentences) {score.score:.2f} in {time.perf_counter() - t0:.1f}s  {signature}")
-    exported = export_fp16(final, out / MODEL_FILE, max_bytes=None)  # the size limit is checked when shipping
-    size = exported.stat().st_size
-    if size > SHIP_MAX_BYTES:
-        log(f"warning: {MODEL_FILE} is {size / 2**20:.1f} MiB, more than the {SHIP_MAX_BYTES // 2**20} MiB a shipped model may take")
-    meta = load_checkpoint(final, load_training_state=False).metadata
-    card = {
-        "name": out.name,
-        "model_format": MODEL_FORMAT_VERSION,
-        "recipe": recipe.to_dict(),
-        "model_kind": recipe.model_kind,
-        "command": shlex.join(
-            ["attn-tutorial", *argv] if world_size == 1 else ["torchrun", "--nproc-per-node", str(world_size), "-m", "attn_tutorial", *argv]
-        ),
-        "world_size": world_size,
-        "seed": cfg.seed,
-        "device": str(device),
-        "wall_time_s": round(history.wall_time, 2),
-        "train_tokens_per_sec": None if tps != tps else round(tps, 1),
-        "torch_version": torch.__version__,
-        "attn_tutorial_version": __version__,
-        "python_version": platform.python_version(),
-        "git_commit": meta.get("git_commit"),
-        "num_parameters": n_params,
-        "vocab_size": tokenizer.vocab_size,
-        "steps": history.num_steps,
-        "checkpoint": final.name,
-        "model_bytes": size,
-        "final_train_loss": history.train_loss[-1] if history.train_loss else None,
-        "val_loss": history.val_loss[-1] if history.val_loss else None,
-        "val_bleu": round(score.score, 2),
-        "val_bleu_sentences": len(val_pairs),
-        "bleu_signature": signature,
-        "decoding": "greedy",
-        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    atomic_write_bytes(out / CARD_FILE, (json.dumps(card, indent=1) + "\n").encode())  # last: completes the directory
-    log(f"model directory written: {out} ({MODEL_FILE}, {TOKENIZER_FILE}, {CARD_FILE})")
+    train_recipe(TrainRequest(args.recipe, out=args.out, overrides=tuple(args.set or ()), epochs=args.epochs,
+                              max_steps=args.max_steps, seed=args.seed, resume=args.resume, device=args.device,
+                              batch_size=args.batch_size, argv=tuple(argv)))
     return 0
 
 
@@ -520,7 +204,7 @@ def _warn(message: str) -> None:
 
 
 def _load_model(args: argparse.Namespace) -> tuple[Any, Any, dict[str, Any]]:
-    device = _device(args.device)
+    device = user_device(args.device)
     try:
         return load_pretrained(args.model, device=device)
     except FileNotFoundError as err:
@@ -637,6 +321,12 @@ def _read_hypotheses(path: str) -> list[str]:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from .metrics import (  # sacreBLEU: only this command needs it
+        bleu_signature,
+        corpus_bleu,
+    )
+    from .run import first_pairs, load_split
+
     if args.hypotheses is not None:  # score a file: only the card (for the data set) is needed
         card = read_card(resolve_model_dir(args.model))
         model = tokenizer = None
@@ -649,7 +339,7 @@ def _evaluate(args: argparse.Namespace) -> int:
             f"{resolve_model_dir(args.model) / CARD_FILE}: recipe.data is not valid ({' '.join(str(err).split())}); "
             "copy the model directory again"
         ) from None
-    pairs = _limit(load_split(spec, args.split), args.limit)
+    pairs = first_pairs(load_split(spec, args.split), args.limit)
     options = _decode_options(args, card)
     t0 = time.perf_counter()
     if args.hypotheses is not None:

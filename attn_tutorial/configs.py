@@ -3,12 +3,12 @@
 A :class:`Recipe` is four parts, each validated on construction:
 
 * :class:`DataSpec`: which data set (``"multi30k"`` or the ``"dates"`` task of
-  :func:`~attn_tutorial.data.date_dataset`), how much of it, and how it is batched;
+  :func:`~attn_tutorial.tasks.date_dataset`), how much of it, and how it is batched;
 * :class:`TokenizerSpec`: a joint BPE trained on the training split only (``"bpe"``) or the fixed
   character vocabulary of the toy task (``"char"``);
 * the model: a ``model_kind`` (a key of :data:`MODEL_KINDS`, e.g. ``"seq2seq"``) and the keyword
   arguments of that kind's config class *without* the vocabulary size, which the tokenizer decides;
-* a :class:`~attn_tutorial.train.TrainConfig`.
+* a :class:`TrainConfig`: what :func:`~attn_tutorial.train.fit` does, from the learning rate to checkpoints.
 
 A later model (the Transformer) slots in by adding one entry to :data:`MODEL_KINDS` (config class,
 model class) and its recipes to :data:`RECIPES`; nothing else changes. Variants are made with
@@ -30,17 +30,21 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
+from ._checks import is_int, is_real
 from .seq2seq import Seq2Seq, Seq2SeqConfig
-from .train import TrainConfig
 from .transformer import Transformer, TransformerConfig
 
 __all__ = [
+    "SCHEDULES",
+    "TrainConfig",
     "DATASETS",
     "TOKENIZER_KINDS",
     "MODEL_KINDS",
@@ -68,6 +72,150 @@ MODEL_KINDS: dict[str, tuple[type, Callable[[Any], nn.Module]]] = {
 }
 
 
+#: The learning-rate schedules :func:`lr_at` knows (all after a linear warmup).
+SCHEDULES = ("constant", "inverse_sqrt", "cosine", "linear")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything :func:`fit` needs to know, validated on construction.
+
+    Frozen: make variants with ``dataclasses.replace(config, lr=3e-4)`` (which validates again).
+    Every invalid value raises ``ValueError`` naming the field and the value.
+
+    Args:
+        epochs: passes over ``train_batches`` (an upper bound when ``max_steps`` is set).
+        max_steps: stop after this many optimizer steps in total (``None``: run all epochs).
+        lr: peak learning rate, reached at the end of the warmup.
+        betas, eps: AdamW's moment decay rates and denominator constant (defaults from
+            :cite:p:`vaswani2017`, section 5.3).
+        weight_decay: AdamW's decoupled weight decay, applied to matrices only (parameters with two
+            or more dimensions); biases and normalisation gains are not decayed.
+        warmup_steps: the learning rate rises linearly from ``lr / warmup_steps`` to ``lr`` over these steps.
+        schedule: what happens after the warmup, one of :data:`SCHEDULES` (see :func:`lr_at`).
+        min_lr: the floor of the decaying schedules (``cosine``, ``linear``, ``inverse_sqrt``).
+        grad_clip: clip the global gradient 2-norm to this value (``None``: no clipping; the norm is
+            recorded either way, before clipping).
+        label_smoothing: ``epsilon`` of the default loss (training only; validation reports the plain
+            cross-entropy, so ``exp(val_loss)`` is a perplexity).
+        early_stopping_patience: stop after this many evaluations without a new best validation loss,
+            then restore the best weights (``None``: no early stopping, the last weights are kept).
+        eval_every: evaluate on ``val_batches`` every this many steps, or ``"epoch"`` at the end of
+            every epoch.
+        checkpoint_dir: where to write ``step-NNNNNNNN/`` checkpoints (``None``: no checkpoints).
+        checkpoint_every_steps: checkpoint every this many steps (``None``: at the end of every epoch).
+            A checkpoint is also written when training ends, whatever the reason.
+        keep_last_n: keep only the newest ``n`` step checkpoints (``None``: keep all).
+        keep_every_steps: rotation also spares every step checkpoint whose step is a multiple of this
+            (``None``: none), so that checkpoint averaging can reach further back than the newest
+            ``keep_last_n``. Must be a multiple of ``checkpoint_every_steps`` when that is set.
+        seed: seeds Python, NumPy and PyTorch at the start of a fresh run (dropout, shuffling).
+        device: ``"cpu"``, ``"cuda"``, ``"mps"``... (``None``: CUDA, then Apple MPS, then CPU).
+        amp: mixed precision. ``None``: automatic, bf16 on GPUs that support it, else fp16 with a
+            gradient scaler, off on CPU and MPS; ``True``: as automatic on CUDA, bf16 on CPU;
+            ``False``: always float32.
+        log_every: update the progress bar's loss/lr display every this many steps.
+        progress: show a tqdm progress bar (notebook or terminal); ``False`` prints nothing at all.
+    """
+
+    epochs: int = 1
+    max_steps: int | None = None
+    lr: float = 1e-3
+    betas: tuple[float, float] = (0.9, 0.98)
+    eps: float = 1e-9
+    weight_decay: float = 0.0
+    warmup_steps: int = 0
+    schedule: str = "constant"
+    min_lr: float = 0.0
+    grad_clip: float | None = 1.0
+    label_smoothing: float = 0.0
+    early_stopping_patience: int | None = None
+    eval_every: int | str = "epoch"
+    checkpoint_dir: str | None = None
+    checkpoint_every_steps: int | None = None
+    keep_last_n: int | None = 3
+    keep_every_steps: int | None = None
+    seed: int = 0
+    device: str | None = None
+    amp: bool | None = None
+    log_every: int = 10
+    progress: bool = True
+
+    def __post_init__(self) -> None:  # noqa: C901 - one check per field reads best flat
+        def bad(name: str, expected: str) -> ValueError:
+            return ValueError(f"TrainConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+
+        def positive_int(name: str, optional: bool = False) -> None:
+            value = getattr(self, name)
+            if optional and value is None:
+                return
+            if not is_int(value) or value < 1:
+                raise bad(name, "a positive int" + (" or None" if optional else ""))
+
+        positive_int("epochs")
+        positive_int("max_steps", optional=True)
+        if not is_real(self.lr) or self.lr <= 0:
+            raise bad("lr", "a positive finite float")
+        betas = self.betas
+        if isinstance(betas, list):  # from JSON
+            betas = tuple(betas)
+            object.__setattr__(self, "betas", betas)
+        if not (isinstance(betas, tuple) and len(betas) == 2 and all(is_real(b) and 0 <= b < 1 for b in betas)):
+            raise bad("betas", "a pair of floats in [0, 1)")
+        if not is_real(self.eps) or self.eps <= 0:
+            raise bad("eps", "a positive finite float")
+        if not is_real(self.weight_decay) or self.weight_decay < 0:
+            raise bad("weight_decay", "a finite float >= 0")
+        if not is_int(self.warmup_steps) or self.warmup_steps < 0:
+            raise bad("warmup_steps", "an int >= 0")
+        if self.schedule not in SCHEDULES:
+            raise bad("schedule", f"one of {SCHEDULES}")
+        if not is_real(self.min_lr) or not 0 <= self.min_lr <= self.lr:
+            raise bad("min_lr", f"a float in [0, lr={self.lr!r}]")
+        if self.grad_clip is not None and (not is_real(self.grad_clip) or self.grad_clip <= 0):
+            raise bad("grad_clip", "a positive finite float or None")
+        if not is_real(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
+            raise bad("label_smoothing", "a float in [0, 1)")
+        positive_int("early_stopping_patience", optional=True)
+        if self.eval_every != "epoch" and (not is_int(self.eval_every) or self.eval_every < 1):
+            raise bad("eval_every", "a positive int (steps) or 'epoch'")
+        if self.checkpoint_dir is not None:
+            if not isinstance(self.checkpoint_dir, (str, os.PathLike)) or str(self.checkpoint_dir) == "":
+                raise bad("checkpoint_dir", "a non-empty path (str or os.PathLike) or None")
+            object.__setattr__(self, "checkpoint_dir", os.fspath(self.checkpoint_dir))
+        positive_int("checkpoint_every_steps", optional=True)
+        if self.checkpoint_every_steps is not None and self.checkpoint_dir is None:
+            raise bad("checkpoint_every_steps", "None when checkpoint_dir is None (nowhere to write)")
+        positive_int("keep_last_n", optional=True)
+        positive_int("keep_every_steps", optional=True)
+        if self.keep_every_steps is not None and self.checkpoint_every_steps is not None:
+            if self.keep_every_steps % self.checkpoint_every_steps:  # else those steps are never saved
+                raise bad("keep_every_steps", f"a multiple of checkpoint_every_steps={self.checkpoint_every_steps!r}")
+        if not is_int(self.seed) or self.seed < 0:
+            raise bad("seed", "an int >= 0")
+        if self.device is not None:
+            try:
+                torch.device(self.device)
+            except (RuntimeError, TypeError) as err:
+                raise bad("device", "None or a device string such as 'cpu', 'cuda', 'cuda:1' or 'mps'") from err
+        if self.amp is not None and not isinstance(self.amp, bool):
+            raise bad("amp", "True, False or None (automatic)")
+        positive_int("log_every")
+        if not isinstance(self.progress, bool):
+            raise bad("progress", "True or False")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The configuration as a JSON-serialisable dict (``betas`` becomes a list)."""
+        d = dataclasses.asdict(self)
+        d["betas"] = list(self.betas)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`; unknown keys raise ``TypeError``."""
+        return cls(**dict(d))
+
+
 def _positive_int_or_none(owner: str, name: str, value: object) -> None:
     if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
         raise ValueError(f"{owner}.{name} must be a positive int or None, got {value!r}")
@@ -83,7 +231,7 @@ class DataSpec:
         max_train_pairs: keep only the first ``n`` training pairs (``None``: all); for quick runs and tests.
         max_val_pairs: keep only the first ``n`` validation pairs for the loss and the final BLEU.
         n_train, n_val, n_test, data_seed: sizes and seed of the ``"dates"`` task's three splits.
-        max_tokens: padded-token budget of a training batch (:class:`~attn_tutorial.data.BatchIterator`).
+        max_tokens: padded-token budget of a training batch (:class:`~attn_tutorial.batching.BatchIterator`).
         max_len: longest sequence in tokens, BOS/EOS included (longer ones are truncated in training).
     """
 
@@ -117,8 +265,8 @@ class DataSpec:
 @dataclass(frozen=True)
 class TokenizerSpec:
     """How text becomes ids: ``kind="bpe"`` trains a joint BPE of ``vocab_size`` pieces on the
-    source and target sides of the training split only (:func:`~attn_tutorial.data.train_bpe`);
-    ``kind="char"`` uses the toy task's fixed :func:`~attn_tutorial.data.date_vocab`."""
+    source and target sides of the training split only (:func:`~attn_tutorial.tokens.train_bpe`);
+    ``kind="char"`` uses the toy task's fixed :func:`~attn_tutorial.tasks.date_vocab`."""
 
     kind: str = "bpe"
     vocab_size: int = 8000

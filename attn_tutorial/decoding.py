@@ -32,7 +32,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 from torch import Tensor, nn
 
-from .data import BOS_ID, EOS_ID
+from .tokens import BOS_ID, EOS_ID
 
 __all__ = [
     "DecoderState",

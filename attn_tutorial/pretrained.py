@@ -2,7 +2,7 @@
 
 A *model directory* holds three files and nothing else is needed to translate with it:
 
-* ``model.safetensors``: the weights in float16, written by :func:`~attn_tutorial.train.export_fp16`
+* ``model.safetensors``: the weights in float16, written by :func:`~attn_tutorial.checkpoint.export_fp16`
   (at most 16 MiB), with the model's config in the file's header;
 * ``tokenizer.json``: the tokenizer (the ``tokenizers`` library's JSON for a BPE, or
   ``{"kind": "char", "alphabet": ...}`` for a character vocabulary), see :func:`save_tokenizer`;
@@ -28,11 +28,12 @@ from typing import Any
 import torch
 from torch import nn
 
+from .batching import DEFAULT_MAX_LEN, collate
+from .checkpoint import load_exported
 from .configs import MODEL_KINDS
-from .data import DEFAULT_MAX_LEN, CharVocab, SubwordTokenizer, TextTokenizer, collate
 from .decoding import beam_search, greedy_decode
-from .errors import DamagedFileError, UserError
-from .train import load_exported
+from .errors import DamagedFileError
+from .tokens import CharVocab, SubwordTokenizer, TextTokenizer, encode_all
 
 __all__ = [
     "MODEL_FILE",
@@ -117,7 +118,7 @@ def resolve_model_dir(name_or_dir: str | os.PathLike[str]) -> Path:
 
 
 def save_tokenizer(tokenizer: TextTokenizer, path: str | os.PathLike[str]) -> Path:
-    """Write a :class:`~attn_tutorial.data.SubwordTokenizer` or :class:`~attn_tutorial.data.CharVocab` as JSON."""
+    """Write a :class:`~attn_tutorial.tokens.SubwordTokenizer` or :class:`~attn_tutorial.tokens.CharVocab` as JSON."""
     path = Path(path)
     if isinstance(tokenizer, SubwordTokenizer):
         return tokenizer.save(path)
@@ -427,8 +428,7 @@ def translate_sentences(
     outputs = [""] * len(sentences)
     todo = [i for i, s in enumerate(sentences) if s.strip()]
     texts = [sentences[i].strip() for i in todo]
-    encode_batch = getattr(tokenizer, "encode_batch", None)
-    encoded = encode_batch(texts) if callable(encode_batch) else [tokenizer.encode(t) for t in texts]
+    encoded = encode_all(tokenizer, texts)
     # Work units: (sentence index, piece number, ids); a sentence that fits is one piece.
     units: list[tuple[int, int, list[int]]] = []
     for i, text, x in zip(todo, texts, encoded):
@@ -439,7 +439,7 @@ def translate_sentences(
         pieces = split_for_model(text, tokenizer, keep)
         if on_split is not None:
             on_split(i, len(pieces))
-        piece_ids = encode_batch(pieces) if callable(encode_batch) else [tokenizer.encode(p) for p in pieces]
+        piece_ids = encode_all(tokenizer, pieces)
         units += [(i, k, list(p)[:keep]) for k, p in enumerate(piece_ids)]
     order = sorted(range(len(units)), key=lambda u: len(units[u][2]))
     translated: dict[tuple[int, int], str] = {}

@@ -12,11 +12,15 @@ import os
 import random
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from .errors import UserError
+
 __all__ = [
+    "amp_settings",
     "DATA_ENV_VAR",
     "set_seed",
     "default_device",
@@ -67,6 +71,15 @@ def default_device(prefer: str | None = None) -> torch.device:
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def user_device(name: str | None) -> torch.device:
+    """:func:`default_device` for a name a user typed: a device that is not here, or a malformed name,
+    is a :class:`~attn_tutorial.errors.UserError` (one line, exit status 2 on the command line)."""
+    try:
+        return default_device(name)
+    except (RuntimeError, TypeError) as err:
+        raise UserError(str(err) if isinstance(err, RuntimeError) else f"invalid --device {name!r}") from None
 
 
 def autocast_dtype(device: torch.device | str) -> torch.dtype | None:
@@ -142,3 +155,28 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
+
+
+def amp_settings(device: torch.device | str, amp: bool | None = None) -> tuple[torch.dtype | None, bool]:
+    """``(autocast dtype or None, use a GradScaler)`` for training on ``device``.
+
+    ``amp=None`` (automatic) follows :func:`~attn_tutorial.runtime.autocast_dtype`: bf16 on CUDA GPUs
+    that support it (no scaler needed: bf16 has float32's exponent range), fp16 + ``GradScaler`` on
+    older CUDA GPUs, float32 on CPU and MPS. ``amp=True`` is the same on CUDA and bf16 on CPU;
+    ``amp=False`` is always float32.
+    """
+    device = torch.device(device)
+    if amp is False:
+        return None, False
+    dtype = autocast_dtype(device)
+    if dtype is None and amp is True:
+        if device.type != "cpu":
+            raise ValueError(f"amp=True is supported on CUDA and CPU, not on device={str(device)!r}; use amp=None")
+        dtype = torch.bfloat16
+    return dtype, dtype == torch.float16 and device.type == "cuda"
+
+
+def maybe_autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)

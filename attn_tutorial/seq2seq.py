@@ -43,7 +43,7 @@ from .attention import (
     select_positions,
 )
 
-from .data import PAD_ID
+from .tokens import PAD_ID
 
 __all__ = ["Seq2SeqConfig", "Seq2SeqState", "Seq2Seq", "Encoder", "BahdanauDecoder", "LuongDecoder", "PlainDecoder", "gru_cell"]
 
@@ -581,7 +581,7 @@ class Seq2Seq(nn.Module):
 
     # ---- teacher forcing ----------------------------------------------------------------------
 
-    #: ``forward`` takes ``logits_mask`` (see :func:`~attn_tutorial.train.token_cross_entropy`).
+    #: ``forward`` takes ``logits_mask`` (see :func:`~attn_tutorial.losses.token_cross_entropy`).
     accepts_logits_mask = True
 
     def forward(

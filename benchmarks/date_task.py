@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 from attn_tutorial import BatchIterator, TrainEvent, fit, set_seed, translate_sentences  # noqa: E402
 from attn_tutorial.configs import apply_overrides, build_model, get_recipe  # noqa: E402
-from attn_tutorial.data import date_dataset, date_vocab  # noqa: E402
+from attn_tutorial import date_dataset, date_vocab  # noqa: E402
 from attn_tutorial.runtime import default_device  # noqa: E402
 
 

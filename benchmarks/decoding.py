@@ -39,7 +39,7 @@ from torch import Tensor
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from attn_tutorial import beam_search, card_length_penalty, collate, greedy_decode, list_pretrained, load_multi30k, load_pretrained  # noqa: E402
-from attn_tutorial.data import DEFAULT_MAX_LEN  # noqa: E402
+from attn_tutorial import DEFAULT_MAX_LEN  # noqa: E402
 from attn_tutorial.decoding import DecodeResult  # noqa: E402
 from attn_tutorial.transformer import Transformer  # noqa: E402
 

@@ -12,7 +12,7 @@
    candidate with the best *validation* BLEU (beam ``--select-beam``) is kept. Then, with ``--alphas``,
    the beam-search length penalty with the best validation BLEU for those weights; the card records
    it and ``attn-tutorial translate/evaluate`` use it by default. Test sets are never used for a choice.
-2. The fp16 file must fit the 16 MiB limit of a shipped model (:data:`attn_tutorial.cli.SHIP_MAX_BYTES`).
+2. The fp16 file must fit the 16 MiB limit of a shipped model (:data:`attn_tutorial.run.SHIP_MAX_BYTES`).
 3. ``card.json`` gains ``test_bleu``: sacreBLEU (cased, detokenised, 13a) on test_2016_flickr and
    test_2017_flickr with greedy decoding and beam 5, computed here with the same code path as
    ``attn-tutorial evaluate``; ``tests/test_shipped_models.py`` recomputes them from the shipped files.
@@ -36,9 +36,9 @@ from pathlib import Path
 import torch
 
 from attn_tutorial.cards import OUTPUTS_DIR
-from attn_tutorial.cli import SHIP_MAX_BYTES
+from attn_tutorial.run import SHIP_MAX_BYTES
 from attn_tutorial.configs import DataSpec, Recipe, build_model
-from attn_tutorial.data import load_multi30k
+from attn_tutorial import load_multi30k
 from attn_tutorial.metrics import bleu_signature, corpus_bleu
 from attn_tutorial.pretrained import (
     CARD_FILE,
@@ -51,7 +51,7 @@ from attn_tutorial.pretrained import (
     pretrained_root,
     translate_sentences,
 )
-from attn_tutorial.train import average_checkpoints, export_fp16, load_checkpoint, save_checkpoint
+from attn_tutorial import average_checkpoints, export_fp16, load_checkpoint, save_checkpoint
 
 #: What the card reports for every shipped model (the test reproduces each entry).
 EVAL_SPLITS = ("test_2016_flickr", "test_2017_flickr")

@@ -2,30 +2,20 @@
 
 from __future__ import annotations
 
-import matplotlib
+import ipywidgets as widgets
+import matplotlib.pyplot as plt
+import pytest
+import torch
 
-matplotlib.use("Agg")
-
-import ipywidgets as widgets  # noqa: E402
-import matplotlib.pyplot as plt  # noqa: E402
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from attn_tutorial.attention_explorer import ATTENTION_KINDS, transformer_attention_explorer, translate_with_attention  # noqa: E402
-from attn_tutorial.data import collate, train_bpe  # noqa: E402
-from attn_tutorial.decoding import greedy_decode  # noqa: E402
-from attn_tutorial.seq2seq import Seq2Seq, Seq2SeqConfig  # noqa: E402
-from attn_tutorial.transformer import Transformer, TransformerConfig  # noqa: E402
-from attn_tutorial.widgets import Explorer  # noqa: E402
+from attn_tutorial import collate, train_bpe
+from attn_tutorial.attention_explorer import ATTENTION_KINDS, transformer_attention_explorer, translate_with_attention
+from attn_tutorial.decoding import greedy_decode
+from attn_tutorial.seq2seq import Seq2Seq, Seq2SeqConfig
+from attn_tutorial.transformer import Transformer, TransformerConfig
+from attn_tutorial.widgets import Explorer
 
 TOL = dict(rtol=1e-5, atol=1e-6)  # float32 model; the same numbers through different code paths
 SENTENCES = ["ein Hund läuft", "zwei Hunde laufen im Park", "a dog runs"]
-
-
-@pytest.fixture(autouse=True)
-def close_figures():
-    yield
-    plt.close("all")
 
 
 @pytest.fixture(scope="module")

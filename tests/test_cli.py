@@ -68,11 +68,11 @@ import sacrebleu  # noqa: E402
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
-from attn_tutorial import data as data_module  # noqa: E402
+from attn_tutorial import multi30k as data_module  # noqa: E402
 from attn_tutorial.cli import _read_lines  # noqa: E402
-from attn_tutorial.data import CharVocab, date_dataset, date_vocab  # noqa: E402
+from attn_tutorial import CharVocab, date_dataset, date_vocab  # noqa: E402
 from attn_tutorial.pretrained import CARD_FILE, load_pretrained, load_tokenizer, translate_sentences  # noqa: E402
-from attn_tutorial.train import load_checkpoint  # noqa: E402
+from attn_tutorial import load_checkpoint  # noqa: E402
 
 TINY_DATES = [
     "--recipe", "gru-bahdanau-dates", "--device", "cpu",

@@ -31,8 +31,8 @@ import torch
 from safetensors.torch import load_file
 from torch import distributed as dist
 
-from attn_tutorial.data import Batch, collate
-from attn_tutorial.train import TrainConfig, evaluate_loss, fit, latest_checkpoint, load_checkpoint
+from attn_tutorial import Batch, collate
+from attn_tutorial import TrainConfig, evaluate_loss, fit, latest_checkpoint, load_checkpoint
 from attn_tutorial.transformer import Transformer, TransformerConfig
 
 pytestmark = [
@@ -85,7 +85,7 @@ import torch
 from safetensors.torch import save_file
 sys.path.insert(0, {tests!r})
 from test_distributed import _state, make_batches, make_model, train_config
-from attn_tutorial.train import fit, init_distributed, token_cross_entropy
+from attn_tutorial import fit, init_distributed, token_cross_entropy
 
 out = sys.argv[1]
 device = init_distributed("cpu")

@@ -24,7 +24,7 @@ from attn_tutorial.configs import (
     list_recipes,
     parse_override,
 )
-from attn_tutorial.data import CharVocab, SubwordTokenizer, collate, date_dataset, date_vocab, train_bpe
+from attn_tutorial import CharVocab, SubwordTokenizer, collate, date_dataset, date_vocab, train_bpe
 from attn_tutorial.decoding import greedy_decode
 from attn_tutorial.pretrained import (
     list_pretrained,
@@ -34,7 +34,7 @@ from attn_tutorial.pretrained import (
     save_tokenizer,
     translate_sentences,
 )
-from attn_tutorial.train import export_fp16, save_checkpoint
+from attn_tutorial import export_fp16, save_checkpoint
 
 
 def _tiny_recipe() -> Recipe:

@@ -23,8 +23,8 @@ import pytest
 import torch
 
 from attn_tutorial.cards import load_test_outputs
-from attn_tutorial.cli import SHIP_MAX_BYTES
-from attn_tutorial.data import DATA_ENV_VAR, load_multi30k
+from attn_tutorial.run import SHIP_MAX_BYTES
+from attn_tutorial import DATA_ENV_VAR, load_multi30k
 from attn_tutorial.metrics import bleu_signature, corpus_bleu
 from attn_tutorial.pretrained import CARD_FILE, MODEL_FILE, TOKENIZER_FILE, card_length_penalty, list_pretrained, load_pretrained, pretrained_root, translate_sentences
 

@@ -8,7 +8,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from attn_tutorial.decoding import beam_search, greedy_decode
-from attn_tutorial.train import TrainConfig, export_fp16, fit, load_exported, save_checkpoint, token_cross_entropy
+from attn_tutorial import TrainConfig, export_fp16, fit, load_exported, save_checkpoint, token_cross_entropy
 from attn_tutorial.transformer import DecoderLayer, EncoderLayer, Transformer, TransformerConfig
 
 V = 23

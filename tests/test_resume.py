@@ -5,13 +5,14 @@ A tiny run of the date recipe (a second) is killed with SIGKILL, in a forked chi
 the JSON that completes a checkpoint, after it, while rotation deletes an old checkpoint) and at
 random moments, resumed with ``--resume`` each time, and must end with exactly (bit for bit) the
 weights of a run that was never interrupted. The kill points are a test hook of
-``attn_tutorial.train`` (``ATTN_TUTORIAL_TEST_KILL_AT=POINT@STEP``). The child is forked from the test
+``attn_tutorial.checkpoint`` and ``attn_tutorial.train`` (``ATTN_TUTORIAL_TEST_KILL_AT=POINT@STEP``). The child is forked from the test
 process (``multiprocessing``'s fork start method, POSIX only), so it starts in milliseconds instead of
 importing torch again; it runs ``attn_tutorial.cli.main`` exactly as the console script does.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -21,15 +22,34 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
+from _tiny import (  # tests/_tiny.py: the tiny model and batches
+    BASE,
+    EpochShuffled,
+    GlobalRngShuffled,
+    assert_same_weights,
+    fresh_model,
+    make_batches,
+    weights,
+)
+from attn_tutorial import (
+    CHECKPOINT_JSON,
+    History,
+    average_checkpoints,
+    export_fp16,
+    fit,
+    latest_checkpoint,
+    load_checkpoint,
+)
 from attn_tutorial.cli import main
 from attn_tutorial.pretrained import MODEL_FILE, load_pretrained
-from attn_tutorial.train import CHECKPOINT_JSON, average_checkpoints, export_fp16, latest_checkpoint, load_checkpoint
+from attn_tutorial.runtime import set_seed
 
 FIXTURE = Path(__file__).parent / "fixtures" / "run-v0.1.0"  # written by the checkpoint code of 0.1.0
 
@@ -186,3 +206,88 @@ def test_a_run_written_by_the_previous_checkpoint_code_loads_resumes_and_exports
         _weights(run / "checkpoints" / "step-00000004"), _weights(tmp_path / "fresh" / "checkpoints" / "step-00000004")
     )
     assert json.loads((run / "card.json").read_text())["model_format"] == 1
+
+
+# ----------------------------------------------------------------------------------------------
+# Ctrl-C and SIGTERM during fit: held to the end of the step, then a checkpoint that resumes exactly
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("stop_at", [4, 5, 6])  # 4: an epoch's last batch; 5: mid-epoch; 6: an evaluation is due
+def test_keyboard_interrupt_writes_a_checkpoint_that_resumes_exactly(tmp_path: Path, stop_at: int) -> None:
+    train, val = make_batches(4, 0), make_batches(2, 1)
+    cfg = dataclasses.replace(BASE, early_stopping_patience=50)  # eval_every=3, 4 batches per epoch
+    straight = fresh_model(0)
+    h_straight = fit(straight, GlobalRngShuffled(train), val, cfg)
+
+    def interrupt(event: Any) -> None:
+        if event.kind == "step" and event.step == stop_at:
+            raise KeyboardInterrupt
+
+    ckpt_dir = tmp_path / "run"
+    cfg = dataclasses.replace(cfg, checkpoint_dir=str(ckpt_dir), keep_last_n=None)  # checkpoints at epoch ends
+    with pytest.raises(KeyboardInterrupt):
+        fit(fresh_model(0), GlobalRngShuffled(train), val, cfg, callbacks=[interrupt])
+    # Step 6 is interrupted before its evaluation ran: no exact checkpoint exists, the epoch-end one stays newest.
+    expected = 4 if stop_at == 6 else stop_at
+    latest = latest_checkpoint(ckpt_dir)
+    assert latest == ckpt_dir / f"step-{expected:08d}" and (latest / CHECKPOINT_JSON).is_file()
+    ckpt = load_checkpoint(latest)
+    assert ckpt.step == expected and ckpt.training_state is not None
+    assert ckpt.training_state.scalars["position"]["global_step"] == expected
+    assert History.from_dict(ckpt.metadata["history"]).step == list(range(1, expected + 1))
+
+    set_seed(12345)
+    resumed = fresh_model(99)
+    h_resumed = fit(resumed, GlobalRngShuffled(train), val, cfg, resume_from=ckpt_dir)
+    assert_same_weights(weights(straight), weights(resumed))  # rtol=0, atol=0
+    assert h_resumed.train_loss == h_straight.train_loss and h_resumed.lr == h_straight.lr
+    assert h_resumed.eval_step == h_straight.eval_step and h_resumed.val_loss == h_straight.val_loss
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_stops_fit_after_the_step_with_a_checkpoint(tmp_path: Path, signum: int) -> None:
+    default = signal.SIG_DFL if signum == signal.SIGTERM else signal.default_int_handler
+    if signal.getsignal(signum) is not default:
+        pytest.skip(f"{signal.Signals(signum).name} has a custom handler here; fit leaves those alone")
+    train = make_batches(4, 0)
+    cfg = dataclasses.replace(BASE, checkpoint_dir=str(tmp_path), keep_last_n=None)
+    straight = fresh_model(0)
+    fit(straight, EpochShuffled(train), None, dataclasses.replace(cfg, checkpoint_dir=None))
+
+    def send(event: Any) -> None:
+        if event.step == 6:
+            os.kill(os.getpid(), signum)  # arrives in the middle of step 6's bookkeeping
+
+    with pytest.raises(KeyboardInterrupt, match=signal.Signals(signum).name):
+        fit(fresh_model(0), EpochShuffled(train), None, cfg, callbacks=[send])
+    assert signal.getsignal(signum) is default  # fit put the previous handler back
+    assert latest_checkpoint(tmp_path) == tmp_path / "step-00000006"
+    resumed = fresh_model(3)
+    fit(resumed, EpochShuffled(train), None, cfg, resume_from=tmp_path)
+    assert_same_weights(weights(straight), weights(resumed))  # rtol=0, atol=0
+
+
+def test_a_signal_during_the_epoch_end_evaluation_checkpoints_between_epochs(tmp_path: Path) -> None:
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+        pytest.skip("SIGTERM has a custom handler here; fit leaves those alone")
+    train, val = make_batches(4, 0), make_batches(2, 1)
+    cfg = dataclasses.replace(BASE, eval_every="epoch", early_stopping_patience=50)
+    straight = fresh_model(0)
+    fit(straight, GlobalRngShuffled(train), val, cfg)
+
+    def send(event: Any) -> None:
+        if event.kind == "eval" and event.step == 4:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    # checkpoint_every_steps=3: no regular checkpoint at the end of epoch 0 (step 4), only at step 3
+    cfg = dataclasses.replace(cfg, checkpoint_dir=str(tmp_path), checkpoint_every_steps=3, keep_last_n=None)
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        fit(fresh_model(0), GlobalRngShuffled(train), val, cfg, callbacks=[send])
+    ckpt = load_checkpoint(tmp_path / "step-00000004")
+    assert ckpt.training_state is not None
+    assert ckpt.training_state.scalars["position"] == {"epoch": 1, "step_in_epoch": 0, "global_step": 4}
+    resumed = fresh_model(5)
+    h = fit(resumed, GlobalRngShuffled(train), val, cfg, resume_from=tmp_path)
+    assert h.eval_step == [4, 8, 12]  # the epoch-0 evaluation is neither lost nor repeated
+    assert_same_weights(weights(straight), weights(resumed))  # rtol=0, atol=0
