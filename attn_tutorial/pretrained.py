@@ -33,6 +33,7 @@ from .checkpoint import load_exported
 from .configs import MODEL_KINDS
 from .decoding import beam_search, greedy_decode
 from .errors import DamagedFileError
+from .runtime import atomic_write_bytes
 from .tokens import CharVocab, SubwordTokenizer, TextTokenizer, encode_all
 
 __all__ = [
@@ -123,10 +124,8 @@ def save_tokenizer(tokenizer: TextTokenizer, path: str | os.PathLike[str]) -> Pa
     if isinstance(tokenizer, SubwordTokenizer):
         return tokenizer.save(path)
     if isinstance(tokenizer, CharVocab):
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps({"kind": "char", "alphabet": tokenizer.alphabet}, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
+        text = json.dumps({"kind": "char", "alphabet": tokenizer.alphabet}, ensure_ascii=False) + "\n"
+        atomic_write_bytes(path, text.encode("utf-8"))  # temporary file, fsync, rename
         return path
     raise TypeError(f"tokenizer must be a SubwordTokenizer or a CharVocab, got {type(tokenizer).__name__}")
 
