@@ -8,8 +8,11 @@ The inner functions it calls trust their callers and do not check again.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
+import torch
+from torch import Tensor
 
 
 def is_int(x: object) -> bool:
@@ -26,3 +29,213 @@ def check_int(name: str, value: object, minimum: int = 0) -> None:
     """Raise ``ValueError`` unless ``value`` is an int (not a bool) ``>= minimum``."""
     if not is_int(value) or value < minimum:
         raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------
+# Counts and tensors (the model modules: attention, multihead, positional, efficient, ...)
+# --------------------------------------------------------------------------------------------
+
+
+def check_count(name: str, n: object, allow_zero: bool = False, what: str = "") -> None:
+    """Raise ``ValueError`` unless ``n`` is a positive (or, ``allow_zero``, non-negative) int, ``bool`` excluded."""
+    if not is_int(n) or n < (0 if allow_zero else 1):
+        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} int{what}, got {n!r}")
+
+
+def shape(t: Tensor) -> str:
+    """``t``'s shape as a tuple string, for messages."""
+    return str(tuple(t.shape))
+
+
+def check_tensor(name: str, t: object, min_dim: int = 0, floating: bool = False) -> None:
+    """A ``Tensor`` with at least ``min_dim`` dimensions (and a floating dtype if ``floating``)."""
+    if not isinstance(t, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() < min_dim:
+        raise ValueError(f"{name} has shape {shape(t)} but needs at least {min_dim} dimensions; expected {name}.dim() >= {min_dim}")
+    if floating and not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype} (shape {shape(t)})")
+
+
+def broadcast(*shapes: Sequence[int]) -> tuple[int, ...] | None:
+    """NumPy broadcasting of shapes in plain Python (``None`` if they do not broadcast).
+
+    ``torch.broadcast_shapes`` builds tensors to find out and costs a few hundred microseconds on a
+    busy CPU: more than a small fused attention kernel. This helper costs about a microsecond.
+    """
+    if all(s == shapes[0] for s in shapes[1:]):  # the common case, no work
+        return tuple(shapes[0]) if shapes else ()
+    ndim = max(len(s) for s in shapes)
+    out = [1] * ndim
+    for s in shapes:
+        for i, n in enumerate(s, start=ndim - len(s)):
+            if n != 1:
+                if out[i] not in (1, n):
+                    return None
+                out[i] = n
+    return tuple(out)
+
+
+def check_mask(mask: object, target: Sequence[int], target_name: str, name: str = "mask") -> Tensor:
+    """A boolean mask (``True`` = may attend) that broadcasts to ``target`` without growing it."""
+    if not isinstance(mask, Tensor):
+        raise TypeError(f"{name} must be a boolean torch.Tensor (True = may attend), got {type(mask).__name__}")
+    if mask.dtype != torch.bool:
+        raise TypeError(
+            f"{name} has dtype {mask.dtype} (shape {shape(mask)}) but must be torch.bool with True = may attend; "
+            f"convert a 0/1 mask with mask.bool(), an additive -inf mask with (mask == 0)"
+        )
+    target = tuple(target)
+    if broadcast(mask.shape, target) != target:
+        raise ValueError(
+            f"{name} has shape {shape(mask)} which does not broadcast to the {target_name} shape {target}; "
+            f"expected a shape broadcastable to {target}, e.g. {target[-2:]} or a (batch, 1, ..., Lk) key padding mask"
+        )
+    return mask
+
+
+def check_dropout(dropout_p: float, name: str = "dropout_p") -> None:
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {dropout_p!r}")
+
+
+def check_qkv(query: object, key: object, value: object) -> None:
+    """Floating ``(..., L, D)`` query/key/value of one dtype, ``Dq == Dk``, ``Lk == Lv >= 1``, batch dims broadcasting."""
+    for name, t in (("query", query), ("key", key), ("value", value)):
+        check_tensor(name, t, min_dim=2, floating=True)
+    assert isinstance(query, Tensor) and isinstance(key, Tensor) and isinstance(value, Tensor)
+    if key.shape[-1] != query.shape[-1]:
+        raise ValueError(f"key has shape {shape(key)} but query has feature size {query.shape[-1]}; expected key.shape[-1] == {query.shape[-1]}")
+    if value.shape[-2] != key.shape[-2]:
+        raise ValueError(
+            f"value has shape {shape(value)} but key has length {key.shape[-2]} (shape {shape(key)}); "
+            f"expected value.shape[-2] == {key.shape[-2]}, one value per key"
+        )
+    if key.shape[-2] == 0:
+        raise ValueError(
+            f"key has shape {shape(key)}: there are no keys to attend to (Lk == 0); "
+            "expected at least one key (mask keys out instead of removing them all)"
+        )
+    if not (query.dtype == key.dtype == value.dtype):
+        raise TypeError(f"query, key and value must share a dtype, got {query.dtype}, {key.dtype} and {value.dtype}")
+    if broadcast(query.shape[:-2], key.shape[:-2], value.shape[:-2]) is None:
+        raise ValueError(
+            f"the leading (batch) dimensions of query {shape(query)}, key {shape(key)} and value {shape(value)} "
+            "do not broadcast; expected matching or broadcastable batch shapes"
+        )
+
+
+def scores_shape(query: Tensor, key: Tensor) -> tuple[int, ...]:
+    """``(*batch, Lq, Lk)`` of ``query @ key.T`` (inputs already checked by :func:`check_qkv`)."""
+    batch = broadcast(query.shape[:-2], key.shape[:-2])
+    assert batch is not None  # checked by check_qkv
+    return (*batch, query.shape[-2], key.shape[-2])
+
+
+def check_bias(bias: object, query: Tensor, target: Sequence[int]) -> Tensor:
+    """An additive ``bias``: a floating tensor of the query's dtype broadcasting to ``target``."""
+    if not isinstance(bias, Tensor) or not bias.is_floating_point():
+        got = f"dtype {bias.dtype}" if isinstance(bias, Tensor) else type(bias).__name__
+        raise TypeError(f"bias must be a floating-point torch.Tensor added to the scores, got {got}; pass boolean masks as mask")
+    if bias.dtype != query.dtype:
+        raise TypeError(f"bias has dtype {bias.dtype} but query has {query.dtype}; expected the same dtype")
+    if broadcast(bias.shape, tuple(target)) != tuple(target):
+        raise ValueError(f"bias has shape {shape(bias)} which does not broadcast to the attention scores shape {tuple(target)}")
+    return bias
+
+
+def check_attention(
+    query: object, key: object, value: object, mask: object = None, dropout_p: float = 0.0, bias: object = None
+) -> tuple[int, ...]:
+    """Every argument check of an attention function, once; returns the scores' shape ``(..., Lq, Lk)``."""
+    check_qkv(query, key, value)
+    check_dropout(dropout_p)
+    assert isinstance(query, Tensor) and isinstance(key, Tensor)
+    target = scores_shape(query, key)
+    if mask is not None:
+        check_mask(mask, target, "attention scores (..., Lq, Lk)")
+    if bias is not None:
+        check_bias(bias, query, target)
+    return target
+
+
+def check_values(value: object, key: object, min_dim: int = 2) -> None:
+    """Floating ``key`` and ``value`` with one value per key and at least one key."""
+    check_tensor("key", key, min_dim=min_dim, floating=True)
+    check_tensor("value", value, min_dim=min_dim, floating=True)
+    assert isinstance(key, Tensor) and isinstance(value, Tensor)
+    if value.shape[-2] != key.shape[-2]:
+        raise ValueError(
+            f"value has shape {shape(value)} but key has length {key.shape[-2]} (shape {shape(key)}); "
+            f"expected value.shape[-2] == {key.shape[-2]}"
+        )
+    if key.shape[-2] == 0:
+        raise ValueError(f"key has shape {shape(key)}: there are no keys to attend to; expected Lk >= 1")
+
+
+def check_score_inputs(
+    query: object, key: object, query_dim: int | None = None, key_dim: int | None = None, same_size: str | None = None
+) -> None:
+    """Floating ``(..., L, D)`` query and key of the sizes a score module expects; ``same_size`` (a hint
+    for the message, possibly empty) asks for ``key.shape[-1] == query.shape[-1]``."""
+    check_tensor("query", query, min_dim=2, floating=True)
+    check_tensor("key", key, min_dim=2, floating=True)
+    assert isinstance(query, Tensor) and isinstance(key, Tensor)
+    if query_dim is not None and query.shape[-1] != query_dim:
+        raise ValueError(f"query has shape {shape(query)}; expected query.shape[-1] == query_dim == {query_dim}")
+    if key_dim is not None and key.shape[-1] != key_dim:
+        raise ValueError(f"key has shape {shape(key)}; expected key.shape[-1] == key_dim == {key_dim}")
+    if same_size is not None and key.shape[-1] != query.shape[-1]:
+        raise ValueError(
+            f"key has shape {shape(key)} but query has feature size {query.shape[-1]}; "
+            f"expected key.shape[-1] == {query.shape[-1]}{same_size}"
+        )
+
+
+# --------------------------------------------------------------------------------------------
+# Translation models' inputs (Seq2Seq, Transformer): token ids and their padding masks
+# --------------------------------------------------------------------------------------------
+
+
+def _describe(t: object) -> str:
+    return f"shape {tuple(t.shape)} and dtype {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
+
+
+def check_tokens(name: str, tokens: object, vocab: int, batch: int | None = None) -> Tensor:
+    """A ``(B, L)`` ``torch.long`` tensor of ids in ``[0, vocab)`` (with ``B == batch`` if given)."""
+    if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
+        raise ValueError(f"{name} must be a (B, L) torch.long tensor of token ids, got {_describe(tokens)}")
+    if batch is not None and tokens.shape[0] != batch:
+        raise ValueError(f"{name} has shape {tuple(tokens.shape)}; expected batch size {batch} (as src)")
+    if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
+        raise ValueError(f"{name} holds ids in [{int(tokens.min())}, {int(tokens.max())}]; expected ids in [0, {vocab}) (vocabulary size)")
+    return tokens
+
+
+def check_token_mask(name: str, mask: object, like: Tensor, like_name: str, left_aligned: bool = False) -> Tensor:
+    """A boolean padding mask of ``like``'s shape, ``True`` = real token; returns the lengths ``(B,)``.
+    ``left_aligned``: the real tokens must come first in each row (padding at the end)."""
+    if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != like.shape:
+        raise ValueError(
+            f"{name} must be a boolean tensor of shape {tuple(like.shape)} (as {like_name}), True = real token; got {_describe(mask)}"
+        )
+    lengths = mask.sum(-1)
+    if left_aligned and not torch.equal(mask, torch.arange(mask.shape[-1], device=mask.device) < lengths[:, None]):
+        raise ValueError(
+            f"{name} must be True for the real tokens and False for padding at the end of each row "
+            f"(left-aligned), got {mask.int().tolist()}"
+        )
+    return lengths
+
+
+def check_prev_tokens(prev_tokens: object, batch: int) -> None:
+    """The ``(B,)`` ``torch.long`` tokens a decoding step feeds."""
+    if not isinstance(prev_tokens, Tensor) or prev_tokens.shape != (batch,) or prev_tokens.dtype != torch.long:
+        raise ValueError(f"prev_tokens must be a ({batch},) torch.long tensor, got {_describe(prev_tokens)}")
+
+
+def pad_empty_source(src: Tensor, src_mask: Tensor, pad_id: int) -> tuple[Tensor, Tensor]:
+    """A batch with no source column gets one padding column (masked: attention to it gives zeros)."""
+    if src.shape[1] == 0:
+        return src.new_full((src.shape[0], 1), pad_id), src_mask.new_zeros(src.shape[0], 1)
+    return src, src_mask
