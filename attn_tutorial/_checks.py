@@ -42,6 +42,12 @@ def check_count(name: str, n: object, allow_zero: bool = False, what: str = "") 
         raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} int{what}, got {n!r}")
 
 
+def check_counts(allow_zero: bool = False, **counts: object) -> None:
+    """:func:`check_count` for each ``name=value``."""
+    for name, n in counts.items():
+        check_count(name, n, allow_zero)
+
+
 def shape(t: Tensor) -> str:
     """``t``'s shape as a tuple string, for messages."""
     return str(tuple(t.shape))
@@ -76,8 +82,10 @@ def broadcast(*shapes: Sequence[int]) -> tuple[int, ...] | None:
     return tuple(out)
 
 
-def check_mask(mask: object, target: Sequence[int], target_name: str, name: str = "mask") -> Tensor:
-    """A boolean mask (``True`` = may attend) that broadcasts to ``target`` without growing it."""
+def check_mask(mask: object, target: Sequence[int], target_name: str, name: str = "mask") -> Tensor | None:
+    """A boolean mask (``True`` = may attend) that broadcasts to ``target`` without growing it (or ``None``)."""
+    if mask is None:
+        return None
     if not isinstance(mask, Tensor):
         raise TypeError(f"{name} must be a boolean torch.Tensor (True = may attend), got {type(mask).__name__}")
     if mask.dtype != torch.bool:
@@ -92,6 +100,44 @@ def check_mask(mask: object, target: Sequence[int], target_name: str, name: str 
             f"expected a shape broadcastable to {target}, e.g. {target[-2:]} or a (batch, 1, ..., Lk) key padding mask"
         )
     return mask
+
+
+def check_lengths(lengths: Tensor, max_len: int | None) -> int:
+    """1-D non-negative integer ``lengths``, none longer than ``max_len``; returns ``max_len`` (default: the longest)."""
+    if lengths.dim() != 1 or lengths.is_floating_point() or lengths.dtype == torch.bool:
+        raise ValueError(f"lengths must be a 1-D integer tensor, got shape {shape(lengths)} and dtype {lengths.dtype}")
+    if lengths.numel() and int(lengths.min()) < 0:
+        raise ValueError(f"lengths must be non-negative, got {lengths.tolist()}")
+    longest = int(lengths.max()) if lengths.numel() else 0
+    if max_len is not None and longest > max_len:
+        raise ValueError(f"lengths has a sequence of length {longest} but max_len is {max_len}; expected max(lengths) <= max_len")
+    return longest if max_len is None else max_len
+
+
+def check_key_padding(key_padding: object) -> None:
+    check_tensor("key_padding", key_padding)
+    assert isinstance(key_padding, Tensor)
+    if key_padding.dtype != torch.bool or key_padding.dim() != 2:
+        raise ValueError(
+            f"key_padding has shape {shape(key_padding)} and dtype {key_padding.dtype}; "
+            "expected a boolean (batch, Lk) tensor with True = real token"
+        )
+
+
+def check_positions(positions: object, like: Tensor, name: str) -> None:
+    """A boolean ``(B, T)`` selection of ``like``'s positions (e.g. a ``logits_mask``)."""
+    if not isinstance(positions, Tensor) or positions.dtype != torch.bool or positions.shape != like.shape:
+        got = f"shape {shape(positions)} and dtype {positions.dtype}" if isinstance(positions, Tensor) else type(positions).__name__
+        raise ValueError(f"{name} must be a bool tensor of shape {tuple(like.shape)} (as the decoder input), got {got}")
+
+
+def check_key_lengths(key_lengths: Tensor, key: Tensor) -> None:
+    """One length in ``[1, Lk]`` per batch element of ``key`` ``(B, Lk, D)``."""
+    B, Lk = key.shape[0], key.shape[-2]
+    if key_lengths.shape != (B,):
+        raise ValueError(f"key_lengths has shape {shape(key_lengths)}; expected ({B},), one length per batch element")
+    if bool((key_lengths < 1).any()) or bool((key_lengths > Lk).any()):
+        raise ValueError(f"key_lengths must lie in [1, {Lk}] (Lk of key {shape(key)}), got {key_lengths.tolist()}")
 
 
 def check_dropout(dropout_p: float, name: str = "dropout_p") -> None:
@@ -174,10 +220,12 @@ def check_values(value: object, key: object, min_dim: int = 2) -> None:
 
 
 def check_score_inputs(
-    query: object, key: object, query_dim: int | None = None, key_dim: int | None = None, same_size: str | None = None
+    query: object, key: object, query_dim: int | None = None, key_dim: int | None = None, same_size: str | None = None,
+    num_keys: int | None = None,
 ) -> None:
     """Floating ``(..., L, D)`` query and key of the sizes a score module expects; ``same_size`` (a hint
-    for the message, possibly empty) asks for ``key.shape[-1] == query.shape[-1]``."""
+    for the message, possibly empty) asks for ``key.shape[-1] == query.shape[-1]``; ``num_keys`` for at most
+    that many keys and batch dimensions that broadcast."""
     check_tensor("query", query, min_dim=2, floating=True)
     check_tensor("key", key, min_dim=2, floating=True)
     assert isinstance(query, Tensor) and isinstance(key, Tensor)
@@ -190,6 +238,15 @@ def check_score_inputs(
             f"key has shape {shape(key)} but query has feature size {query.shape[-1]}; "
             f"expected key.shape[-1] == {query.shape[-1]}{same_size}"
         )
+    if num_keys is not None and key.shape[-2] > num_keys:
+        raise ValueError(f"key has shape {shape(key)} with Lk = {key.shape[-2]} keys but num_keys is {num_keys}; expected Lk <= num_keys")
+    if num_keys is not None and broadcast(query.shape[:-2], key.shape[:-2]) is None:
+        raise ValueError(f"query {shape(query)} and key {shape(key)} have batch dimensions that do not broadcast")
+
+
+def check_positive(name: str, value: Tensor) -> None:
+    if bool((value <= 0).any()):
+        raise ValueError(f"{name} must be > 0, got {value.tolist()}")
 
 
 # --------------------------------------------------------------------------------------------

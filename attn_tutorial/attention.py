@@ -29,8 +29,14 @@ from ._checks import (
     broadcast,
     check_attention,
     check_count,
+    check_counts,
     check_dropout,
+    check_key_lengths,
+    check_key_padding,
+    check_lengths,
     check_mask,
+    check_positions,
+    check_positive,
     check_score_inputs,
     check_tensor,
     check_values,
@@ -103,8 +109,7 @@ def masked_softmax(scores: Tensor, mask: Tensor | None = None, dim: int = -1) ->
     Reference: the softmax of attention weights, :cite:p:`bahdanau2015` eq. 6.
     """
     check_tensor("scores", scores, floating=True)
-    if mask is not None:
-        check_mask(mask, scores.shape, "scores")
+    check_mask(mask, scores.shape, "scores")
     return _masked_softmax(scores, mask, dim)
 
 
@@ -148,8 +153,7 @@ def causal_mask(Lq: int, Lk: int | None = None, device: torch.device | str | Non
     Reference: the decoder self-attention mask of :cite:p:`vaswani2017`, section 3.2.3.
     """
     Lk = Lq if Lk is None else Lk
-    check_count("Lq", Lq, allow_zero=True)
-    check_count("Lk", Lk, allow_zero=True)
+    check_counts(allow_zero=True, Lq=Lq, Lk=Lk)
     return torch.ones(Lq, Lk, dtype=torch.bool, device=device).tril()
 
 
@@ -163,15 +167,7 @@ def padding_mask(lengths: Tensor | Sequence[int], max_len: int | None = None) ->
         ``lengths``: ``(batch,)``; output: ``(batch, max_len)``.
     """
     lengths = torch.as_tensor(lengths)
-    if lengths.dim() != 1 or lengths.is_floating_point() or lengths.dtype == torch.bool:
-        raise ValueError(f"lengths must be a 1-D integer tensor, got shape {shape(lengths)} and dtype {lengths.dtype}")
-    if lengths.numel() and int(lengths.min()) < 0:
-        raise ValueError(f"lengths must be non-negative, got {lengths.tolist()}")
-    longest = int(lengths.max()) if lengths.numel() else 0
-    if max_len is None:
-        max_len = longest
-    if longest > max_len:
-        raise ValueError(f"lengths has a sequence of length {longest} but max_len is {max_len}; expected max(lengths) <= max_len")
+    max_len = check_lengths(lengths, max_len)
     return torch.arange(max_len, device=lengths.device) < lengths[:, None]
 
 
@@ -186,12 +182,7 @@ def key_padding_to_attn_mask(key_padding: Tensor, with_heads_dim: bool = True) -
     Shape:
         ``key_padding``: ``(batch, Lk)``; output: ``(batch, 1, 1, Lk)`` or ``(batch, 1, Lk)``.
     """
-    check_tensor("key_padding", key_padding)
-    if key_padding.dtype != torch.bool or key_padding.dim() != 2:
-        raise ValueError(
-            f"key_padding has shape {shape(key_padding)} and dtype {key_padding.dtype}; "
-            "expected a boolean (batch, Lk) tensor with True = real token"
-        )
+    check_key_padding(key_padding)
     return key_padding[:, None, None, :] if with_heads_dim else key_padding[:, None, :]
 
 
@@ -208,9 +199,7 @@ def select_positions(x: Tensor, positions: Tensor | None, like: Tensor, name: st
     """
     if positions is None:
         return x
-    if not isinstance(positions, Tensor) or positions.dtype != torch.bool or positions.shape != like.shape:
-        got = f"shape {shape(positions)} and dtype {positions.dtype}" if isinstance(positions, Tensor) else type(positions).__name__
-        raise ValueError(f"{name} must be a bool tensor of shape {tuple(like.shape)} (as the decoder input), got {got}")
+    check_positions(positions, like, name)
     return x[positions]
 
 
@@ -224,8 +213,7 @@ def sliding_window_mask(L: int, window: int, causal: bool = False, device: torch
     Shape:
         output: ``(L, L)``.
     """
-    check_count("window", window, allow_zero=True)
-    check_count("L", L, allow_zero=True)
+    check_counts(allow_zero=True, window=window, L=L)
     pos = torch.arange(L, device=device)
     offset = pos[:, None] - pos[None, :]  # (L, L): i - j
     mask = offset.abs() <= window
@@ -484,13 +472,8 @@ class LocationScore(nn.Module):
         self.proj = nn.Linear(query_dim, num_keys)
 
     def forward(self, query: Tensor, key: Tensor) -> Tensor:
-        check_score_inputs(query, key, self.query_dim)
-        Lk = key.shape[-2]
-        if Lk > self.num_keys:
-            raise ValueError(f"key has shape {shape(key)} with Lk = {Lk} keys but num_keys is {self.num_keys}; expected Lk <= num_keys")
-        batch = broadcast(query.shape[:-2], key.shape[:-2])
-        if batch is None:
-            raise ValueError(f"query {shape(query)} and key {shape(key)} have batch dimensions that do not broadcast")
+        check_score_inputs(query, key, self.query_dim, num_keys=self.num_keys)
+        Lk, batch = key.shape[-2], broadcast(query.shape[:-2], key.shape[:-2])
         return self.proj(query)[..., :Lk].expand(*batch, -1, Lk)  # (..., Lq, Lk)
 
 
@@ -519,8 +502,7 @@ class Attention(nn.Module):
     def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
         check_values(value, key)
         scores = self.score(query, key)  # (..., Lq, Lk)
-        if mask is not None:
-            check_mask(mask, scores.shape, "attention scores (..., Lq, Lk)")
+        check_mask(mask, scores.shape, "attention scores (..., Lq, Lk)")
         weights = self.dropout(_masked_softmax(scores, mask))  # (..., Lq, Lk)
         return weights @ value, weights
 
@@ -541,8 +523,7 @@ def gaussian_window(positions: Tensor, center: Tensor, sigma: float | Tensor) ->
     positions = torch.as_tensor(positions)
     center = torch.as_tensor(center)
     sigma = torch.as_tensor(sigma, dtype=torch.promote_types(center.dtype, torch.float32))
-    if bool((sigma <= 0).any()):
-        raise ValueError(f"sigma must be > 0, got {sigma.tolist()}")
+    check_positive("sigma", sigma)
     return torch.exp(-((positions - center) ** 2) / (2 * sigma**2))
 
 
@@ -575,8 +556,7 @@ def local_p_weights(scores: Tensor, centers: Tensor, window: int, mask: Tensor |
     Reference: :cite:p:`luong2015`, eq. 9-10.
     """
     check_count("window", window, what=" (D in the paper)")
-    if mask is not None:
-        check_mask(mask, scores.shape, "scores")
+    check_mask(mask, scores.shape, "scores")
     return _local_p_weights(scores, centers, window, mask)
 
 
@@ -649,14 +629,11 @@ class LocalPAttention(nn.Module):
         check_values(value, key, min_dim=3)
         B, Lk = key.shape[0], key.shape[-2]
         key_lengths = torch.full((B,), Lk, device=key.device) if key_lengths is None else torch.as_tensor(key_lengths, device=key.device)
-        if key_lengths.shape != (B,):
-            raise ValueError(f"key_lengths has shape {shape(key_lengths)}; expected ({B},), one length per batch element")
-        if bool((key_lengths < 1).any()) or bool((key_lengths > Lk).any()):
-            raise ValueError(f"key_lengths must lie in [1, {Lk}] (Lk of key {shape(key)}), got {key_lengths.tolist()}")
+        check_key_lengths(key_lengths, key)
         scores = self.score(query, key)  # (B, Lq, Lk)
         valid = torch.arange(Lk, device=key.device) < key_lengths[:, None, None]  # (B, 1, Lk): padding_mask
+        check_mask(mask, scores.shape, "attention scores (B, Lq, Lk)")
         if mask is not None:
-            check_mask(mask, scores.shape, "attention scores (B, Lq, Lk)")
             valid = valid & mask
         centers = self.predict_centers(query, key_lengths)  # (B, Lq)
         weights = _local_p_weights(scores, centers, self.window, valid)  # (B, Lq, Lk)

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from ._checks import broadcast, check_attention, check_count, check_qkv, shape
+from ._checks import broadcast, check_attention, check_count, check_counts, check_qkv, shape
 from .attention import _fused
 from .multihead import KVCache, MultiHeadAttention, append_kv, reorder_kv, repeat_kv
 
@@ -242,8 +242,7 @@ def kv_cache_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, 
     The factor 2 is one key and one value. Multi-head attention has ``H_kv = H``; grouped-query
     attention divides the cache by ``H / H_kv`` :cite:p:`shazeer2019mqa,ainslie2023gqa`.
     """
-    for name, n in (("num_layers", num_layers), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
-        check_count(name, n)
+    check_counts(num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim)
     return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
 
@@ -359,11 +358,6 @@ def _window_allowed(i: Tensor, j: Tensor, window: int, num_global: int, causal: 
     return allowed & (j <= i) if causal else allowed
 
 
-def _check_window(window: int, num_global: int) -> None:
-    check_count("window", window, allow_zero=True)
-    check_count("num_global", num_global, allow_zero=True)
-
-
 def sliding_window_global_mask(
     L: int, window: int, num_global: int = 0, causal: bool = False, device: torch.device | str | None = None
 ) -> Tensor:
@@ -373,7 +367,7 @@ def sliding_window_global_mask(
 
     Shape: output ``(L, L)``. Reference: :cite:p:`beltagy2020longformer`, section 3.1.
     """
-    _check_window(window, num_global)
+    check_counts(allow_zero=True, window=window, num_global=num_global)
     pos = torch.arange(L, device=device)
     return _window_allowed(pos[:, None], pos[None, :], window, num_global, causal)
 
@@ -395,7 +389,7 @@ def sliding_window_attention(
     Reference: :cite:p:`beltagy2020longformer`.
     """
     check_qkv(query, key, value)
-    _check_window(window, num_global)
+    check_counts(allow_zero=True, window=window, num_global=num_global)
     check_count("block_size", block_size)
     L = query.shape[-2]
     if key.shape[-2] != L:

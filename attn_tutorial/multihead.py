@@ -87,8 +87,8 @@ class MultiHeadAttention(nn.Module):
         rope: rotate queries and keys by their positions (:func:`~attn_tutorial.positional.apply_rope`)
             after the projections, for self-attention.
 
-    ``forward(query, key, value, mask=None, need_weights=True, average_attn_weights=True, is_causal=False)``
-    returns ``(output, weights)``:
+    ``forward(query, key, value, mask=None, need_weights=True, average_attn_weights=True, is_causal=False,
+    *, past=None, use_cache=False)`` returns ``(output, weights)`` (and the cache, see below):
 
     * ``need_weights=True``: the transparent path, :func:`~attn_tutorial.attention.scaled_dot_product_attention`
       written out in PyTorch; ``weights`` are ``(B, Lq, Lk)`` averaged over heads, or ``(B, H, Lq, Lk)``
@@ -112,7 +112,7 @@ class MultiHeadAttention(nn.Module):
 
     Key/value cache (incremental decoding): ``forward(..., past=(k, v), use_cache=True)`` attends from the
     new queries to the cached keys/values ``(B, Hkv, t, Dh)`` followed by the new ones, and returns the
-    grown cache as a third element (:func:`append_kv`); ``past=None`` starts one. With ``key`` and
+    grown cache as a third element (:func:`~attn_tutorial.efficient.append_kv`); ``past=None`` starts one. With ``key`` and
     ``value`` ``None`` it attends to ``past`` alone (cross-attention to a source projected once). With a
     cache, ``is_causal`` is aligned bottom-right: the new positions come after the cached ones, and with
     RoPE they are rotated by their positions ``t, t + 1, ...``.

@@ -147,14 +147,18 @@ class _ResidualLayer(nn.Module):
     c: TransformerConfig
     dropout: nn.Dropout
 
-    def _residual(self, x: Tensor, norm: nn.Module, sublayer: Callable[[Tensor], tuple[Any, ...]]) -> tuple[Any, ...]:
-        """Pre-norm ``x + sublayer(LN(x))`` or post-norm ``LN(x + sublayer(x))``; ``sublayer`` returns
-        ``(output, *extras)`` (attention weights, a cache) and the result is ``(x, *extras)``."""
-        if self.c.norm_first:
-            out, *extras = sublayer(norm(x))
-            return x + self.dropout(out), *extras
-        out, *extras = sublayer(x)
-        return norm(x + self.dropout(out)), *extras
+    def _residual(self, x: Tensor, norm: nn.Module, sublayer: Callable[[Tensor], Any]) -> Any:
+        """Pre-norm ``x + sublayer(LN(x))`` or post-norm ``LN(x + sublayer(x))``. A sublayer that returns
+        ``(output, *extras)`` (attention: its weights, a cache) gives ``(x, *extras)``; one that returns a tensor, ``x``."""
+        if self.c.norm_first:  # pre-norm
+            out = sublayer(norm(x))
+            out, *extras = out if isinstance(out, tuple) else (out,)
+            x = x + self.dropout(out)
+        else:  # post-norm
+            out = sublayer(x)
+            out, *extras = out if isinstance(out, tuple) else (out,)
+            x = norm(x + self.dropout(out))
+        return (x, *extras) if extras else x
 
 
 class EncoderLayer(_ResidualLayer):
@@ -176,8 +180,7 @@ class EncoderLayer(_ResidualLayer):
     def forward(self, x: Tensor, mask: Tensor | None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         attend = lambda h: self.self_attn(h, h, h, mask, need_weights, average_attn_weights=False)  # noqa: E731
         x, w = self._residual(x, self.norm1, attend)  # (B, S, d), (B, H, S, S) or None
-        (x,) = self._residual(x, self.norm2, lambda h: (self.ff(h),))
-        return x, w
+        return self._residual(x, self.norm2, self.ff), w
 
 
 class DecoderLayer(_ResidualLayer):
@@ -211,16 +214,19 @@ class DecoderLayer(_ResidualLayer):
         self, x: Tensor, memory: Tensor, memory_mask: Tensor | None, need_weights: bool = False,
         past: KVCache | None = None, cross_kv: KVCache | None = None,
     ) -> tuple[Tensor, Tensor | None, Tensor | None] | tuple[Tensor, Tensor | None, Tensor | None, KVCache]:
-        cached = cross_kv is not None
-        x, ws, *cache = self._residual(x, self.norm1, lambda h: self.self_attn(
-            h, h, h, None, need_weights, average_attn_weights=False, is_causal=True, past=past, use_cache=cached
-        ))  # (B, T, d), (B, H, T, t + T) or None[, the grown cache]
-        if cached:  # attend to the source's keys/values, projected once (weights for the decoder's attention)
-            cross = lambda h: self.cross_attn(h, None, None, memory_mask, average_attn_weights=False, past=cross_kv)  # noqa: E731
-        else:
-            cross = lambda h: self._cross(h, memory, memory_mask, need_weights)  # noqa: E731
-        x, wc = self._residual(x, self.norm2, cross)  # (B, T, d), (B, H, T, S) or None
-        (x,) = self._residual(x, self.norm3, lambda h: (self.ff(h),))
+        cached = cross_kv is not None  # incremental decoding: x holds only the new positions
+
+        def self_attention(h: Tensor) -> tuple[Any, ...]:  # causal; with a cache, after the earlier positions
+            return self.self_attn(h, h, h, None, need_weights, average_attn_weights=False, is_causal=True, past=past, use_cache=cached)
+
+        def cross_attention(h: Tensor) -> tuple[Tensor, Tensor | None]:
+            if cached:  # the source's keys/values, projected once by Transformer.encode (weights for the decoder)
+                return self.cross_attn(h, None, None, memory_mask, average_attn_weights=False, past=cross_kv)
+            return self._cross(h, memory, memory_mask, need_weights)
+
+        x, ws, *cache = self._residual(x, self.norm1, self_attention)  # (B, T, d), (B, H, T, t + T) or None[, cache]
+        x, wc = self._residual(x, self.norm2, cross_attention)  # (B, T, d), (B, H, T, S) or None
+        x = self._residual(x, self.norm3, self.ff)  # (B, T, d)
         return (x, ws, wc, *cache) if cached else (x, ws, wc)
 
 
