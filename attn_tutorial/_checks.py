@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -296,3 +297,66 @@ def pad_empty_source(src: Tensor, src_mask: Tensor, pad_id: int) -> tuple[Tensor
     if src.shape[1] == 0:
         return src.new_full((src.shape[0], 1), pad_id), src_mask.new_zeros(src.shape[0], 1)
     return src, src_mask
+
+
+def check_multihead(
+    mha: Any, query: object, key: object, value: object, mask: object, past: tuple[Tensor, Tensor] | None
+) -> Tensor | None:
+    """``MultiHeadAttention.forward``'s inputs: batch-first ``(B, L, dim)`` query/key/value of the module's
+    sizes (``key``/``value`` may be ``None`` with a cache ``past``) and a boolean mask broadcasting to
+    ``(B, H, Lq, Lk)``, ``Lk`` counting the cached keys. Returns the mask, a 3-D one as ``(B, 1, Lq, Lk)``."""
+    given = [("query", query, mha.embed_dim)]
+    if key is not None or value is not None or past is None:
+        given += [("key", key, mha.kdim), ("value", value, mha.vdim)]
+    for name, t, dim in given:
+        check_tensor(name, t, floating=True)
+        assert isinstance(t, Tensor)
+        if t.dim() != 3 or t.shape[-1] != dim:
+            raise ValueError(f"{name} has shape {shape(t)}; expected (batch, length, {dim}) (batch first)")
+    assert isinstance(query, Tensor)
+    Lk = 0 if past is None else past[0].shape[-2]
+    if len(given) == 3:
+        assert isinstance(key, Tensor) and isinstance(value, Tensor)
+        if key.shape[0] != query.shape[0] or value.shape[0] != query.shape[0]:
+            raise ValueError(
+                f"query {shape(query)}, key {shape(key)} and value {shape(value)} have different batch sizes; "
+                "expected the same batch size (batch first)"
+            )
+        if value.shape[1] != key.shape[1]:
+            raise ValueError(f"value has shape {shape(value)} but key has length {key.shape[1]}; expected value.shape[1] == {key.shape[1]}")
+        Lk += key.shape[1]
+    if mask is None:
+        return None
+    check_tensor("mask", mask)
+    assert isinstance(mask, Tensor)
+    if mask.dim() == 3:
+        mask = mask.unsqueeze(1)  # (B, Lq, Lk) -> (B, 1, Lq, Lk): one mask for every head
+    return check_mask(mask, (query.shape[0], mha.num_heads, query.shape[1], Lk), "multi-head scores (B, H, Lq, Lk)")
+
+
+# --------------------------------------------------------------------------------------------
+# Positions
+# --------------------------------------------------------------------------------------------
+
+
+def check_features(module: Any, x: object, offset: int, too_long: str) -> None:
+    """``x`` ``(..., L, module.d_model)`` whose positions ``offset .. offset + L - 1`` fit in ``module.max_len``;
+    ``too_long`` is the message (a format string) for positions beyond it."""
+    check_tensor("x", x, min_dim=2, floating=True)
+    assert isinstance(x, Tensor)
+    L = x.shape[-2]
+    if x.shape[-1] != module.d_model:
+        raise ValueError(f"x has shape {shape(x)}; expected (batch, length, {module.d_model}) with d_model = {module.d_model}")
+    if offset + L > module.max_len:
+        raise ValueError(too_long.format(x=shape(x), L=L, offset=offset, last=offset + L - 1, max_len=module.max_len))
+
+
+def check_rope_input(x: object, positions: object) -> None:
+    """Floating ``x`` ``(..., L, D)`` with ``D`` even, and one position per row (``positions`` ``(..., L)`` or ``None``)."""
+    check_tensor("x", x, min_dim=2, floating=True)
+    assert isinstance(x, Tensor)
+    L, D = x.shape[-2], x.shape[-1]
+    if D % 2:
+        raise ValueError(f"x has shape {shape(x)}; expected an even feature size D to form (2i, 2i+1) pairs, got D={D}")
+    if positions is not None and (positions := torch.as_tensor(positions)).shape[-1:] != (L,):
+        raise ValueError(f"positions has shape {shape(positions)}; expected a last dimension of L = {L} (x has shape {shape(x)})")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_dropout, check_mask, check_tensor, shape
+from ._checks import check_dropout, check_multihead
 from .attention import _attention, _fused
 from .positional import apply_rope
 
@@ -248,7 +248,7 @@ class MultiHeadAttention(nn.Module):
         return self._rotate(q, offset) if self.rope else q
 
     def _rotate(self, x: Tensor, offset: int) -> Tensor:
-        positions = None if offset == 0 else torch.arange(offset, offset + x.shape[-2], device=x.device)
+        positions = None if offset == 0 else torch.arange(offset, offset + x.shape[-2])  # on the CPU, as apply_rope wants
         return apply_rope(x, positions)
 
     def attend(
@@ -268,26 +268,6 @@ class MultiHeadAttention(nn.Module):
 
     # ---- the module ---------------------------------------------------------------------------------
 
-    def _check_inputs(self, query: Tensor, key: Tensor | None, value: Tensor | None, past: KVCache | None) -> int:
-        """Check query/key/value once; return the number of keys attended (cached + new)."""
-        given = [("query", query, self.embed_dim)]
-        if key is not None or value is not None or past is None:
-            given += [("key", key, self.kdim), ("value", value, self.vdim)]
-        for name, t, dim in given:
-            check_tensor(name, t, floating=True)
-            if t.dim() != 3 or t.shape[-1] != dim:
-                raise ValueError(f"{name} has shape {shape(t)}; expected (batch, length, {dim}) (batch first)")
-        if len(given) == 3:
-            assert key is not None and value is not None
-            if key.shape[0] != query.shape[0] or value.shape[0] != query.shape[0]:
-                raise ValueError(
-                    f"query {shape(query)}, key {shape(key)} and value {shape(value)} have different batch sizes; "
-                    "expected the same batch size (batch first)"
-                )
-            if value.shape[1] != key.shape[1]:
-                raise ValueError(f"value has shape {shape(value)} but key has length {key.shape[1]}; expected value.shape[1] == {key.shape[1]}")
-        return (0 if key is None else key.shape[1]) + (0 if past is None else past[0].shape[-2])
-
     def forward(
         self,
         query: Tensor,
@@ -301,14 +281,8 @@ class MultiHeadAttention(nn.Module):
         past: KVCache | None = None,
         use_cache: bool = False,
     ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, KVCache]:
-        Lk = self._check_inputs(query, key, value, past)
-        B, Lq, _ = query.shape
-        if mask is not None:
-            check_tensor("mask", mask)
-            if mask.dim() == 3:
-                mask = mask.unsqueeze(1)  # (B, Lq, Lk) -> (B, 1, Lq, Lk): one mask for every head
-            check_mask(mask, (B, self.num_heads, Lq, Lk), "multi-head scores (B, H, Lq, Lk)")
-        t = 0 if past is None else past[0].shape[-2]  # positions already cached
+        mask = check_multihead(self, query, key, value, mask, past)  # a 3-D mask gets its heads dimension
+        Lq, t = query.shape[1], 0 if past is None else past[0].shape[-2]  # t: positions already cached
         if key is None:  # attend to the cache alone (a source projected once)
             q, (k, v) = self._queries(query, t), past  # type: ignore[misc]
         else:
@@ -316,7 +290,8 @@ class MultiHeadAttention(nn.Module):
             k, v = append_kv(past, k, v)  # (B, Hkv, t + Lk, Dh)
         if is_causal and t:  # the new queries come after the cached keys: bottom-right alignment
             if Lq > 1:
-                causal = torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril(Lk - Lq)
+                Lk = k.shape[-2]
+                causal = torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril(Lk - Lq)  # (Lq, Lk)
                 mask = causal if mask is None else mask & causal
             is_causal = False  # a single new query sees every key
         out, weights = self.attend(q, k, v, mask, need_weights, is_causal)

@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ._checks import check_count, check_tensor, shape
+from ._checks import check_count, check_counts, check_features, check_rope_input
 
 __all__ = [
     "sinusoidal_encoding",
@@ -27,16 +27,6 @@ __all__ = [
     "alibi_slopes",
     "alibi_bias",
 ]
-
-
-def _check_features(module: nn.Module, x: Tensor, offset: int, too_long: str) -> None:
-    """``x`` ``(..., L, d_model)`` whose positions ``offset .. offset + L - 1`` fit in ``module.max_len``."""
-    check_tensor("x", x, min_dim=2, floating=True)
-    L = x.shape[-2]
-    if x.shape[-1] != module.d_model:
-        raise ValueError(f"x has shape {shape(x)}; expected (batch, length, {module.d_model}) with d_model = {module.d_model}")
-    if offset + L > module.max_len:
-        raise ValueError(too_long.format(x=shape(x), L=L, offset=offset, last=offset + L - 1, max_len=module.max_len))
 
 
 def _frequencies(d_model: int, base: float) -> Tensor:
@@ -105,7 +95,7 @@ class SinusoidalPositionalEncoding(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        _check_features(self, x, offset, self._TOO_LONG)
+        check_features(self, x, offset, self._TOO_LONG)
         return self.dropout(x + self.pe[offset : offset + x.shape[-2]].to(x.dtype))
 
 
@@ -128,14 +118,13 @@ class LearnedPositionalEmbedding(nn.Module):
 
     def __init__(self, max_len: int, d_model: int) -> None:
         super().__init__()
-        check_count("max_len", max_len)
-        check_count("d_model", d_model)
+        check_counts(max_len=max_len, d_model=d_model)
         self.max_len, self.d_model = max_len, d_model
         self.embedding = nn.Embedding(max_len, d_model)
         nn.init.normal_(self.embedding.weight, std=0.02)
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        _check_features(self, x, offset, self._TOO_LONG)
+        check_features(self, x, offset, self._TOO_LONG)
         positions = torch.arange(offset, offset + x.shape[-2], device=x.device)
         return x + self.embedding(positions).to(x.dtype)
 
@@ -201,13 +190,9 @@ def apply_rope(x: Tensor, positions: Tensor | None = None, base: float = 10000.0
 
     Reference: :cite:p:`su2021roformer`, eq. 13-15.
     """
-    check_tensor("x", x, min_dim=2, floating=True)
+    check_rope_input(x, positions)
     L, D = x.shape[-2], x.shape[-1]
-    if D % 2:
-        raise ValueError(f"x has shape {shape(x)}; expected an even feature size D to form (2i, 2i+1) pairs, got D={D}")
     positions = torch.arange(L) if positions is None else torch.as_tensor(positions)
-    if positions.shape[-1:] != (L,):
-        raise ValueError(f"positions has shape {shape(positions)}; expected a last dimension of L = {L} (x has shape {shape(x)})")
     compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     theta = rope_angles(positions.cpu(), D, base)  # (..., L, D/2), float64 on the CPU (MPS has no float64)
     cos = theta.cos().to(device=x.device, dtype=compute)
@@ -265,8 +250,7 @@ def alibi_bias(
     Reference: :cite:p:`press2022alibi`, section 3 and figure 3.
     """
     Lk = Lq if Lk is None else Lk
-    check_count("Lq", Lq, allow_zero=True)
-    check_count("Lk", Lk, allow_zero=True)
+    check_counts(allow_zero=True, Lq=Lq, Lk=Lk)
     i = torch.arange(Lq, device=device)[:, None]
     j = torch.arange(Lk, device=device)[None, :]
     offset = (j - i).to(torch.float32)  # (Lq, Lk): -(distance), <= 0 for past keys

@@ -599,13 +599,15 @@ class _CountHostReads(torch.utils._python_dispatch.TorchDispatchMode):
 def test_masked_softmax_and_attention_never_read_back_from_the_device() -> None:
     from attn_tutorial.multihead import MultiHeadAttention
 
-    scores = torch.randn(2, 3, 4, 5)
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(2, 3, 4, 5, generator=g)
     scores[0, 0, 0, 1] = float("inf")  # the edge cases are handled on the device too
-    mask = torch.rand(2, 1, 4, 5) > 0.3
+    mask = torch.rand(2, 1, 4, 5, generator=g) > 0.3
+    mask[0, 0, 0, 1] = True
     mask[1, 0, 2] = False  # a fully masked row
-    q, k, v = (torch.randn(2, 3, 4, 8, requires_grad=True) for _ in range(3))
+    q, k, v = (torch.randn(2, 3, 4, 8, generator=g, requires_grad=True) for _ in range(3))
     mha = MultiHeadAttention(8, 2)
-    x = torch.randn(2, 4, 8)
+    x = torch.randn(2, 4, 8, generator=g)
     with _CountHostReads() as counter:
         weights = masked_softmax(scores, mask)
         out, _ = scaled_dot_product_attention(q, k, v, mask[..., :4], is_causal=True)
