@@ -508,8 +508,7 @@ class CausalLMConfig:
         if self.attention not in _ATTENTIONS:
             raise ValueError(f"CausalLMConfig.attention must be one of {_ATTENTIONS}, got {self.attention!r}")
         for name in ("vocab_size", "d_model", "num_heads", "num_layers", "d_ff", "max_len", "window"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"CausalLMConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+            check_count(f"CausalLMConfig.{name}", getattr(self, name))
 
 
 class _Block(nn.Module):

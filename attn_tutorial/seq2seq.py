@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from ._checks import check_prev_tokens, check_token_mask, check_tokens, pad_empty_source
+from ._checks import check_count, check_prev_tokens, check_token_mask, check_tokens, pad_empty_source
 from .attention import (
     AdditiveScore,
     Attention,
@@ -101,9 +101,7 @@ class Seq2SeqConfig:
 
     def __post_init__(self) -> None:
         for name in ("src_vocab_size", "emb_dim", "hidden_dim", "num_layers", "local_window"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Seq2SeqConfig.{name} must be a positive int, got {value!r}")
+            check_count(f"Seq2SeqConfig.{name}", getattr(self, name))
         if self.tgt_vocab_size is not None and (
             not isinstance(self.tgt_vocab_size, int) or isinstance(self.tgt_vocab_size, bool) or self.tgt_vocab_size < 1
         ):

@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_prev_tokens, check_token_mask, check_tokens, pad_empty_source
+from ._checks import check_count, check_int, check_prev_tokens, check_token_mask, check_tokens, pad_empty_source
 from .attention import select_positions
 from .multihead import KVCache, MultiHeadAttention, _init_embedding, num_parameters, reorder_kv
 from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
@@ -91,13 +91,9 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         for name in ("src_vocab_size", "d_model", "num_heads", "d_ff", "max_len"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"TransformerConfig.{name} must be a positive int, got {v!r}")
+            check_count(f"TransformerConfig.{name}", getattr(self, name))
         for name in ("num_encoder_layers", "num_decoder_layers"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"TransformerConfig.{name} must be an int >= 0, got {v!r}")
+            check_int(f"TransformerConfig.{name}", getattr(self, name), minimum=0)
         if self.tgt_vocab_size is not None and (not isinstance(self.tgt_vocab_size, int) or self.tgt_vocab_size < 1):
             raise ValueError(f"TransformerConfig.tgt_vocab_size must be a positive int or None, got {self.tgt_vocab_size!r}")
         if self.d_model % self.num_heads:
