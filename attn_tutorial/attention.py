@@ -25,6 +25,24 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._checks import (
+    broadcast,
+    check_attention,
+    check_count,
+    check_counts,
+    check_dropout,
+    check_key_lengths,
+    check_key_padding,
+    check_lengths,
+    check_mask,
+    check_positions,
+    check_positive,
+    check_score_inputs,
+    check_tensor,
+    check_values,
+    shape,
+)
+
 __all__ = [
     "masked_softmax",
     "scaled_dot_product_attention",
@@ -56,64 +74,6 @@ _CPU_SDPA_ZEROES_EMPTY_ROWS = tuple(int(x) for x in torch.__version__.split("+")
 
 
 # --------------------------------------------------------------------------------------------
-# Validation helpers (private): every message names the argument, its shape and what was expected.
-# --------------------------------------------------------------------------------------------
-
-
-def _shape(t: Tensor) -> str:
-    return str(tuple(t.shape))
-
-
-def _check_tensor(name: str, t: object, min_dim: int = 0, floating: bool = False) -> None:
-    if not isinstance(t, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    if t.dim() < min_dim:
-        raise ValueError(
-            f"{name} has shape {_shape(t)} but needs at least {min_dim} dimensions; "
-            f"expected {name}.dim() >= {min_dim}"
-        )
-    if floating and not t.is_floating_point():
-        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype} (shape {_shape(t)})")
-
-
-def _broadcast(*shapes: Sequence[int]) -> tuple[int, ...] | None:
-    """NumPy broadcasting of shapes in plain Python (``None`` if they do not broadcast).
-
-    ``torch.broadcast_shapes`` builds tensors to find out and costs a few hundred microseconds on a
-    busy CPU: more than a small fused attention kernel. This helper costs about a microsecond.
-    """
-    if all(s == shapes[0] for s in shapes[1:]):  # the common case, no work
-        return tuple(shapes[0]) if shapes else ()
-    ndim = max(len(s) for s in shapes)
-    out = [1] * ndim
-    for shape in shapes:
-        for i, n in enumerate(shape, start=ndim - len(shape)):
-            if n != 1:
-                if out[i] not in (1, n):
-                    return None
-                out[i] = n
-    return tuple(out)
-
-
-def _check_mask(mask: object, target: Sequence[int], target_name: str, name: str = "mask") -> Tensor:
-    """Check that ``mask`` is boolean and broadcasts to ``target`` without growing it."""
-    if not isinstance(mask, Tensor):
-        raise TypeError(f"{name} must be a boolean torch.Tensor (True = may attend), got {type(mask).__name__}")
-    if mask.dtype != torch.bool:
-        raise TypeError(
-            f"{name} has dtype {mask.dtype} (shape {_shape(mask)}) but must be torch.bool with True = may attend; "
-            f"convert a 0/1 mask with mask.bool(), an additive -inf mask with (mask == 0)"
-        )
-    target = tuple(target)
-    if _broadcast(mask.shape, target) != target:
-        raise ValueError(
-            f"{name} has shape {_shape(mask)} which does not broadcast to the {target_name} shape {target}; "
-            f"expected a shape broadcastable to {target}, e.g. {target[-2:]} or a (batch, 1, ..., Lk) key padding mask"
-        )
-    return mask
-
-
-# --------------------------------------------------------------------------------------------
 # Softmax and scaled dot-product attention
 # --------------------------------------------------------------------------------------------
 
@@ -130,7 +90,8 @@ def masked_softmax(scores: Tensor, mask: Tensor | None = None, dim: int = -1) ->
 
     * a row whose entries are all masked (or all ``-inf``) gives all zeros, never NaN;
     * ``-inf`` logits behave like masked entries;
-    * ``+inf`` logits win outright: the row's weight is shared equally by its ``+inf`` entries;
+    * ``+inf`` logits win outright: the row's weight is shared equally by its ``+inf`` entries (a finite
+      logit equal to the dtype's largest value would tie with them);
     * NaN logits propagate (they are a bug upstream, hiding them would not help).
 
     float16 and bfloat16 scores are computed in float32 and the result is cast back to the input
@@ -147,34 +108,37 @@ def masked_softmax(scores: Tensor, mask: Tensor | None = None, dim: int = -1) ->
 
     Reference: the softmax of attention weights, :cite:p:`bahdanau2015` eq. 6.
     """
-    _check_tensor("scores", scores, floating=True)
-    out_dtype = scores.dtype
+    check_tensor("scores", scores, floating=True)
+    check_mask(mask, scores.shape, "scores")
+    return _masked_softmax(scores, mask, dim)
+
+
+def _masked_softmax(scores: Tensor, mask: Tensor | None, dim: int = -1, owned: bool = False) -> Tensor:
+    """:func:`masked_softmax` without the checks. ``owned``: ``scores`` is the caller's temporary, free
+    to overwrite (no copy of the ``(Lq, Lk)`` matrix is made)."""
     x = scores.float() if scores.dtype in _LOW_PRECISION else scores
     if mask is not None:
-        _check_mask(mask, x.shape, "scores")
         x = x.masked_fill(~mask, float("-inf"))
-    # The row max is a constant shift; softmax is invariant to it, so no gradient has to flow through it.
-    row_max = x.detach().amax(dim=dim, keepdim=True)
-    if bool(torch.isfinite(row_max).all()):
-        # The common case: every row has a finite max. torch.softmax performs exactly the steps below
-        # (subtract the row max, exponentiate, normalise) in one fused kernel; masked entries are -inf
-        # and get exp(-inf) = 0 exactly.
-        return torch.softmax(x, dim=dim).to(out_dtype)
-    # Written out, for rows that are fully masked (max -inf), hold +inf, or NaN (which propagates).
-    has_pos_inf = row_max == float("inf")
-    # Rows with all entries masked / -inf have max -inf: shift by 0 instead (every exp is then 0).
-    shift = torch.where(torch.isfinite(row_max), row_max, torch.zeros_like(row_max))
-    shifted = x - shift
-    if bool(has_pos_inf.any()):
-        # +inf entries share the row: logit 0 for them, -inf for everything else in that row.
-        inf_logits = torch.where(x == float("inf"), torch.zeros_like(x), torch.full_like(x, float("-inf")))
-        shifted = torch.where(has_pos_inf, inf_logits, shifted)
-    e = torch.exp(shifted)
-    denom = e.sum(dim=dim, keepdim=True)
-    # denom >= 1 whenever the row has an unmasked finite entry (its max contributes exp(0) = 1);
-    # it is 0 only for fully masked rows, where e is all zeros: divide those by 1 to get zeros.
-    weights = e / torch.where(denom > 0, denom, torch.ones_like(denom))
-    return weights.to(out_dtype)
+    return _softmax_edge_rows(x, dim, inplace=owned or x is not scores).to(scores.dtype)
+
+
+def _softmax_edge_rows(x: Tensor, dim: int, inplace: bool) -> Tensor:
+    """``torch.softmax`` (one fused kernel: subtract the row max, exponentiate, normalise) with the edge
+    cases decided on the device, without asking it anything (no host sync; a temporary is reused, not copied):
+
+    * ``+inf`` becomes the dtype's largest value, so the ``+inf`` entries share their row and the rest get
+      ``exp(x - max) = 0``;
+    * a row whose entries are all ``-inf`` (all masked) is computed on zeros, then zeroed (zero gradient);
+    * NaN is left alone, so it propagates.
+
+    Other rows go through untouched: their weights and gradients are exactly ``torch.softmax``'s.
+    """
+    empty = x.detach().amax(dim=dim, keepdim=True) == float("-inf")  # (..., 1): nothing to attend to
+    x = x if inplace else x.clone()  # inplace: x is a temporary nobody else holds (no backward pass saved it)
+    x.nan_to_num_(nan=float("nan"), posinf=torch.finfo(x.dtype).max, neginf=float("-inf")).masked_fill_(empty, 0.0)
+    weights = torch.softmax(x, dim=dim)
+    # softmax saves its output for the backward pass: overwrite it only when there will be none
+    return weights.masked_fill(empty, 0.0) if weights.requires_grad else weights.masked_fill_(empty, 0.0)
 
 
 def causal_mask(Lq: int, Lk: int | None = None, device: torch.device | str | None = None) -> Tensor:
@@ -189,9 +153,7 @@ def causal_mask(Lq: int, Lk: int | None = None, device: torch.device | str | Non
     Reference: the decoder self-attention mask of :cite:p:`vaswani2017`, section 3.2.3.
     """
     Lk = Lq if Lk is None else Lk
-    for name, n in (("Lq", Lq), ("Lk", Lk)):
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {n!r}")
+    check_counts(allow_zero=True, Lq=Lq, Lk=Lk)
     return torch.ones(Lq, Lk, dtype=torch.bool, device=device).tril()
 
 
@@ -205,15 +167,7 @@ def padding_mask(lengths: Tensor | Sequence[int], max_len: int | None = None) ->
         ``lengths``: ``(batch,)``; output: ``(batch, max_len)``.
     """
     lengths = torch.as_tensor(lengths)
-    if lengths.dim() != 1 or lengths.is_floating_point() or lengths.dtype == torch.bool:
-        raise ValueError(f"lengths must be a 1-D integer tensor, got shape {_shape(lengths)} and dtype {lengths.dtype}")
-    if lengths.numel() and int(lengths.min()) < 0:
-        raise ValueError(f"lengths must be non-negative, got {lengths.tolist()}")
-    longest = int(lengths.max()) if lengths.numel() else 0
-    if max_len is None:
-        max_len = longest
-    if longest > max_len:
-        raise ValueError(f"lengths has a sequence of length {longest} but max_len is {max_len}; expected max(lengths) <= max_len")
+    max_len = check_lengths(lengths, max_len)
     return torch.arange(max_len, device=lengths.device) < lengths[:, None]
 
 
@@ -228,12 +182,7 @@ def key_padding_to_attn_mask(key_padding: Tensor, with_heads_dim: bool = True) -
     Shape:
         ``key_padding``: ``(batch, Lk)``; output: ``(batch, 1, 1, Lk)`` or ``(batch, 1, Lk)``.
     """
-    _check_tensor("key_padding", key_padding)
-    if key_padding.dtype != torch.bool or key_padding.dim() != 2:
-        raise ValueError(
-            f"key_padding has shape {_shape(key_padding)} and dtype {key_padding.dtype}; "
-            "expected a boolean (batch, Lk) tensor with True = real token"
-        )
+    check_key_padding(key_padding)
     return key_padding[:, None, None, :] if with_heads_dim else key_padding[:, None, :]
 
 
@@ -250,9 +199,7 @@ def select_positions(x: Tensor, positions: Tensor | None, like: Tensor, name: st
     """
     if positions is None:
         return x
-    if not isinstance(positions, Tensor) or positions.dtype != torch.bool or positions.shape != like.shape:
-        got = f"shape {_shape(positions)} and dtype {positions.dtype}" if isinstance(positions, Tensor) else type(positions).__name__
-        raise ValueError(f"{name} must be a bool tensor of shape {tuple(like.shape)} (as the decoder input), got {got}")
+    check_positions(positions, like, name)
     return x[positions]
 
 
@@ -266,67 +213,13 @@ def sliding_window_mask(L: int, window: int, causal: bool = False, device: torch
     Shape:
         output: ``(L, L)``.
     """
-    if not isinstance(window, int) or isinstance(window, bool) or window < 0:
-        raise ValueError(f"window must be a non-negative int, got {window!r}")
-    if not isinstance(L, int) or isinstance(L, bool) or L < 0:
-        raise ValueError(f"L must be a non-negative int, got {L!r}")
+    check_counts(allow_zero=True, window=window, L=L)
     pos = torch.arange(L, device=device)
     offset = pos[:, None] - pos[None, :]  # (L, L): i - j
     mask = offset.abs() <= window
     if causal:
         mask &= offset >= 0
     return mask
-
-
-def _check_qkv(query: Tensor, key: Tensor, value: Tensor) -> None:
-    _check_tensor("query", query, min_dim=2, floating=True)
-    _check_tensor("key", key, min_dim=2, floating=True)
-    _check_tensor("value", value, min_dim=2, floating=True)
-    if key.shape[-1] != query.shape[-1]:
-        raise ValueError(
-            f"key has shape {_shape(key)} but query has feature size {query.shape[-1]}; "
-            f"expected key.shape[-1] == {query.shape[-1]}"
-        )
-    if value.shape[-2] != key.shape[-2]:
-        raise ValueError(
-            f"value has shape {_shape(value)} but key has length {key.shape[-2]} (shape {_shape(key)}); "
-            f"expected value.shape[-2] == {key.shape[-2]}, one value per key"
-        )
-    if key.shape[-2] == 0:
-        raise ValueError(
-            f"key has shape {_shape(key)}: there are no keys to attend to (Lk == 0); "
-            "expected at least one key (mask keys out instead of removing them all)"
-        )
-    if not (query.dtype == key.dtype == value.dtype):
-        raise TypeError(f"query, key and value must share a dtype, got {query.dtype}, {key.dtype} and {value.dtype}")
-    if _broadcast(query.shape[:-2], key.shape[:-2], value.shape[:-2]) is None:
-        raise ValueError(
-            f"the leading (batch) dimensions of query {_shape(query)}, key {_shape(key)} and value {_shape(value)} "
-            "do not broadcast; expected matching or broadcastable batch shapes"
-        )
-
-
-def _check_dropout(dropout_p: float) -> None:
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must be in [0, 1), got {dropout_p!r}")
-
-
-def _scores_shape(query: Tensor, key: Tensor) -> tuple[int, ...]:
-    batch = _broadcast(query.shape[:-2], key.shape[:-2])
-    assert batch is not None  # checked by _check_qkv
-    return (*batch, query.shape[-2], key.shape[-2])
-
-
-def _check_bias(bias: object, query: Tensor, target: Sequence[int]) -> Tensor:
-    """Check that an additive ``bias`` is a floating tensor of the query's dtype broadcasting to ``target``."""
-    if not isinstance(bias, Tensor) or not bias.is_floating_point():
-        got = f"dtype {bias.dtype}" if isinstance(bias, Tensor) else type(bias).__name__
-        raise TypeError(f"bias must be a floating-point torch.Tensor added to the scores, got {got}; pass boolean masks as mask")
-    if bias.dtype != query.dtype:
-        raise TypeError(f"bias has dtype {bias.dtype} but query has {query.dtype}; expected the same dtype")
-    if _broadcast(bias.shape, tuple(target)) != tuple(target):
-        raise ValueError(f"bias has shape {_shape(bias)} which does not broadcast to the attention scores shape {tuple(target)}")
-    return bias
 
 
 def scaled_dot_product_attention(
@@ -371,23 +264,29 @@ def scaled_dot_product_attention(
 
     Reference: :cite:p:`vaswani2017`, eq. 1.
     """
-    _check_qkv(query, key, value)
-    _check_dropout(dropout_p)
-    scores_shape = _scores_shape(query, key)
-    if mask is not None:
-        _check_mask(mask, scores_shape, "attention scores (..., Lq, Lk)")
+    check_attention(query, key, value, mask, dropout_p, bias)
+    return _attention(query, key, value, mask, scale, dropout_p, is_causal, bias)
+
+
+def _causal(q: Tensor, k: Tensor) -> Tensor:
+    return torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()  # (Lq, Lk), top-left
+
+
+def _attention(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: float | None = None,
+    dropout_p: float = 0.0, is_causal: bool = False, bias: Tensor | None = None,
+) -> tuple[Tensor, Tensor]:
+    """The core of :func:`scaled_dot_product_attention`, for callers that checked their inputs."""
     if is_causal:
-        causal = causal_mask(query.shape[-2], key.shape[-2], device=query.device)
-        mask = causal if mask is None else mask & causal
-    if scale is None:
-        scale = 1.0 / math.sqrt(query.shape[-1])
-    scores = (query * scale) @ key.transpose(-2, -1)  # (..., Lq, Lk); scaling q is cheaper than scaling scores
+        mask = _causal(q, k) if mask is None else mask & _causal(q, k)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    scores = (q * scale) @ k.transpose(-2, -1)  # (..., Lq, Lk); scaling q is cheaper than scaling scores
     if bias is not None:
-        scores = scores + _check_bias(bias, query, scores_shape)  # (..., Lq, Lk)
-    weights = masked_softmax(scores, mask, dim=-1)  # (..., Lq, Lk)
+        scores = scores + bias
+    weights = _masked_softmax(scores, mask, owned=True)  # (..., Lq, Lk)
     if dropout_p > 0.0:
         weights = F.dropout(weights, p=dropout_p, training=True)
-    return weights @ value, weights  # (..., Lq, Dv), (..., Lq, Lk)
+    return weights @ v, weights  # (..., Lq, Dv), (..., Lq, Lk)
 
 
 def fused_attention(
@@ -416,29 +315,28 @@ def fused_attention(
 
     Reference: :cite:p:`dao2022flashattention`.
     """
-    _check_qkv(query, key, value)
-    _check_dropout(dropout_p)
+    check_attention(query, key, value, mask, dropout_p, bias)
+    return _fused(query, key, value, mask, scale, dropout_p, is_causal, bias), None
+
+
+def _fused(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, scale: float | None = None,
+    dropout_p: float = 0.0, is_causal: bool = False, bias: Tensor | None = None,
+) -> Tensor:
+    """The core of :func:`fused_attention` (the output only), for callers that checked their inputs."""
     if bias is not None:
-        shape = _scores_shape(query, key)
-        _check_bias(bias, query, shape)
         allowed = bias > float("-inf")  # what the bias itself leaves visible
         if mask is not None:
-            _check_mask(mask, shape, "attention scores (..., Lq, Lk)")
             allowed = allowed & mask
         if is_causal:
-            allowed = allowed & causal_mask(query.shape[-2], key.shape[-2], device=query.device)
+            allowed = allowed & _causal(q, k)
         float_mask = bias.masked_fill(~allowed, float("-inf"))
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=float_mask, dropout_p=dropout_p, scale=scale)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=float_mask, dropout_p=dropout_p, scale=scale)
         row_visible = allowed.any(dim=-1, keepdim=True)  # a float mask gives NaN for rows with nothing visible
-        return out.masked_fill(~row_visible.expand(out.shape), 0.0), None
-    if mask is not None:
-        _check_mask(mask, _scores_shape(query, key), "attention scores (..., Lq, Lk)")
-        if is_causal:
-            mask = mask & causal_mask(query.shape[-2], key.shape[-2], device=query.device)
-            is_causal = False
-    out = F.scaled_dot_product_attention(
-        query, key, value, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale
-    )
+        return out.masked_fill(~row_visible.expand(out.shape), 0.0)
+    if mask is not None and is_causal:
+        mask, is_causal = mask & _causal(q, k), False
+    out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale)
     on_cpu = out.device.type == "cpu"
     if mask is not None and not (on_cpu and _CPU_SDPA_ZEROES_EMPTY_ROWS):
         # A query with no visible key: force an exact zero output (no NaN), as the transparent path does.
@@ -448,21 +346,12 @@ def fused_attention(
         if not on_cpu or not bool(row_visible.all()):
             # expand: masked_fill with a stride-0 boolean mask is many times slower on CPU
             out = out.masked_fill(~row_visible.expand(out.shape), 0.0)
-    return out, None
+    return out
 
 
 # --------------------------------------------------------------------------------------------
 # Score functions: forward(query (B, Lq, Dq), key (B, Lk, Dk)) -> scores (B, Lq, Lk)
 # --------------------------------------------------------------------------------------------
-
-
-def _check_score_inputs(query: Tensor, key: Tensor, query_dim: int | None = None, key_dim: int | None = None) -> None:
-    _check_tensor("query", query, min_dim=2, floating=True)
-    _check_tensor("key", key, min_dim=2, floating=True)
-    if query_dim is not None and query.shape[-1] != query_dim:
-        raise ValueError(f"query has shape {_shape(query)}; expected query.shape[-1] == query_dim == {query_dim}")
-    if key_dim is not None and key.shape[-1] != key_dim:
-        raise ValueError(f"key has shape {_shape(key)}; expected key.shape[-1] == key_dim == {key_dim}")
 
 
 class DotProductScore(nn.Module):
@@ -473,12 +362,7 @@ class DotProductScore(nn.Module):
     """
 
     def forward(self, query: Tensor, key: Tensor) -> Tensor:
-        _check_score_inputs(query, key)
-        if key.shape[-1] != query.shape[-1]:
-            raise ValueError(
-                f"key has shape {_shape(key)} but query has feature size {query.shape[-1]}; "
-                f"expected key.shape[-1] == {query.shape[-1]} (use GeneralScore or AdditiveScore for different sizes)"
-            )
+        check_score_inputs(query, key, same_size=" (use GeneralScore or AdditiveScore for different sizes)")
         return query @ key.transpose(-2, -1)
 
 
@@ -516,7 +400,7 @@ class AdditiveScore(nn.Module):
         self.v = nn.Linear(hidden_dim, 1, bias=False)
 
     def forward(self, query: Tensor, key: Tensor) -> Tensor:
-        _check_score_inputs(query, key, self.query_dim, self.key_dim)
+        check_score_inputs(query, key, self.query_dim, self.key_dim)
         q = self.w_q(query).unsqueeze(-2)  # (..., Lq, 1, H)
         k = self.w_k(key).unsqueeze(-3)  # (..., 1, Lk, H)
         return self.v(torch.tanh(q + k)).squeeze(-1)  # (..., Lq, Lk)
@@ -538,7 +422,7 @@ class GeneralScore(nn.Module):
         nn.init.xavier_uniform_(self.weight)
 
     def forward(self, query: Tensor, key: Tensor) -> Tensor:
-        _check_score_inputs(query, key, self.query_dim, self.key_dim)
+        check_score_inputs(query, key, self.query_dim, self.key_dim)
         return (query @ self.weight) @ key.transpose(-2, -1)  # (..., Lq, Dk) @ (..., Dk, Lk)
 
 
@@ -564,11 +448,7 @@ class CosineScore(nn.Module):
         self.eps = eps
 
     def forward(self, query: Tensor, key: Tensor) -> Tensor:
-        _check_score_inputs(query, key)
-        if key.shape[-1] != query.shape[-1]:
-            raise ValueError(
-                f"key has shape {_shape(key)} but query has feature size {query.shape[-1]}; expected key.shape[-1] == {query.shape[-1]}"
-            )
+        check_score_inputs(query, key, same_size="")
         q = F.normalize(query, dim=-1, eps=self.eps)
         k = F.normalize(key, dim=-1, eps=self.eps)
         return (q @ k.transpose(-2, -1)) * self.log_scale.exp().to(query.dtype)
@@ -592,15 +472,9 @@ class LocationScore(nn.Module):
         self.proj = nn.Linear(query_dim, num_keys)
 
     def forward(self, query: Tensor, key: Tensor) -> Tensor:
-        _check_score_inputs(query, key, self.query_dim)
-        Lk = key.shape[-2]
-        if Lk > self.num_keys:
-            raise ValueError(f"key has shape {_shape(key)} with Lk = {Lk} keys but num_keys is {self.num_keys}; expected Lk <= num_keys")
-        scores = self.proj(query)[..., :Lk]  # (..., Lq, Lk)
-        batch = _broadcast(query.shape[:-2], key.shape[:-2])
-        if batch is None:
-            raise ValueError(f"query {_shape(query)} and key {_shape(key)} have batch dimensions that do not broadcast")
-        return scores.expand(*batch, *scores.shape[-2:])
+        check_score_inputs(query, key, self.query_dim, num_keys=self.num_keys)
+        Lk, batch = key.shape[-2], broadcast(query.shape[:-2], key.shape[:-2])
+        return self.proj(query)[..., :Lk].expand(*batch, -1, Lk)  # (..., Lq, Lk)
 
 
 class Attention(nn.Module):
@@ -621,23 +495,15 @@ class Attention(nn.Module):
 
     def __init__(self, score: nn.Module, dropout: float = 0.0) -> None:
         super().__init__()
-        _check_dropout(dropout)
+        check_dropout(dropout, "dropout_p")
         self.score = score
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        _check_tensor("value", value, min_dim=2, floating=True)
-        if value.shape[-2] != key.shape[-2]:
-            raise ValueError(
-                f"value has shape {_shape(value)} but key has length {key.shape[-2]} (shape {_shape(key)}); "
-                f"expected value.shape[-2] == {key.shape[-2]}"
-            )
-        if key.shape[-2] == 0:
-            raise ValueError(f"key has shape {_shape(key)}: there are no keys to attend to; expected Lk >= 1")
+        check_values(value, key)
         scores = self.score(query, key)  # (..., Lq, Lk)
-        if mask is not None:
-            _check_mask(mask, scores.shape, "attention scores (..., Lq, Lk)")
-        weights = self.dropout(masked_softmax(scores, mask))  # (..., Lq, Lk)
+        check_mask(mask, scores.shape, "attention scores (..., Lq, Lk)")
+        weights = self.dropout(_masked_softmax(scores, mask))  # (..., Lq, Lk)
         return weights @ value, weights
 
 
@@ -657,8 +523,7 @@ def gaussian_window(positions: Tensor, center: Tensor, sigma: float | Tensor) ->
     positions = torch.as_tensor(positions)
     center = torch.as_tensor(center)
     sigma = torch.as_tensor(sigma, dtype=torch.promote_types(center.dtype, torch.float32))
-    if bool((sigma <= 0).any()):
-        raise ValueError(f"sigma must be > 0, got {sigma.tolist()}")
+    check_positive("sigma", sigma)
     return torch.exp(-((positions - center) ** 2) / (2 * sigma**2))
 
 
@@ -671,8 +536,7 @@ def local_m_mask(Lk: int, centers: Tensor, window: int) -> Tensor:
 
     Reference: :cite:p:`luong2015`, section 3.2 ("local-m").
     """
-    if not isinstance(window, int) or isinstance(window, bool) or window < 0:
-        raise ValueError(f"window must be a non-negative int, got {window!r}")
+    check_count("window", window, allow_zero=True)
     centers = torch.as_tensor(centers)
     s = torch.arange(Lk, device=centers.device)
     return (s - centers.unsqueeze(-1)).abs() <= window  # (..., Lq, Lk)
@@ -691,14 +555,19 @@ def local_p_weights(scores: Tensor, centers: Tensor, window: int, mask: Tensor |
 
     Reference: :cite:p:`luong2015`, eq. 9-10.
     """
-    if not isinstance(window, int) or isinstance(window, bool) or window < 1:
-        raise ValueError(f"window must be a positive int (D in the paper), got {window!r}")
+    check_count("window", window, what=" (D in the paper)")
+    check_mask(mask, scores.shape, "scores")
+    return _local_p_weights(scores, centers, window, mask)
+
+
+def _local_p_weights(scores: Tensor, centers: Tensor, window: int, mask: Tensor | None) -> Tensor:
+    """:func:`local_p_weights` without the checks."""
     Lk = scores.shape[-1]
-    in_window = local_m_mask(Lk, centers, window)  # (..., Lq, Lk)
+    s = torch.arange(Lk, device=scores.device)
+    in_window = (s - centers.unsqueeze(-1)).abs() <= window  # (..., Lq, Lk): local_m_mask
     if mask is not None:
-        _check_mask(mask, scores.shape, "scores")
         in_window = in_window & mask
-    align = masked_softmax(scores, in_window)
+    align = _masked_softmax(scores, in_window)
     positions = torch.arange(Lk, device=scores.device, dtype=scores.dtype)
     return align * gaussian_window(positions, centers.unsqueeze(-1), window / 2.0).to(scores.dtype)
 
@@ -738,8 +607,7 @@ class LocalPAttention(nn.Module):
             self.score = AdditiveScore(query_dim, key_dim, query_dim)
         else:
             raise ValueError(f"score must be 'general', 'dot' or 'concat', got {score!r}")
-        if not isinstance(window, int) or window < 1:
-            raise ValueError(f"window must be a positive int, got {window!r}")
+        check_count("window", window)
         self.window = window
         self.w_p = nn.Linear(query_dim, query_dim, bias=False)
         self.v_p = nn.Linear(query_dim, 1, bias=False)
@@ -757,24 +625,16 @@ class LocalPAttention(nn.Module):
         mask: Tensor | None = None,
         key_lengths: Tensor | None = None,
     ) -> tuple[Tensor, Tensor]:
-        _check_tensor("query", query, min_dim=3, floating=True)
-        _check_tensor("key", key, min_dim=3, floating=True)
-        _check_tensor("value", value, min_dim=3, floating=True)
+        check_tensor("query", query, min_dim=3, floating=True)
+        check_values(value, key, min_dim=3)
         B, Lk = key.shape[0], key.shape[-2]
-        if value.shape[-2] != Lk:
-            raise ValueError(f"value has shape {_shape(value)} but key has length {Lk}; expected value.shape[-2] == {Lk}")
-        if key_lengths is None:
-            key_lengths = torch.full((B,), Lk, device=key.device)
-        key_lengths = torch.as_tensor(key_lengths, device=key.device)
-        if key_lengths.shape != (B,):
-            raise ValueError(f"key_lengths has shape {_shape(key_lengths)}; expected ({B},), one length per batch element")
-        if bool((key_lengths < 1).any()) or bool((key_lengths > Lk).any()):
-            raise ValueError(f"key_lengths must lie in [1, {Lk}] (Lk of key {_shape(key)}), got {key_lengths.tolist()}")
+        key_lengths = torch.full((B,), Lk, device=key.device) if key_lengths is None else torch.as_tensor(key_lengths, device=key.device)
+        check_key_lengths(key_lengths, key)
         scores = self.score(query, key)  # (B, Lq, Lk)
-        valid = padding_mask(key_lengths, Lk)[:, None, :]  # (B, 1, Lk)
+        valid = torch.arange(Lk, device=key.device) < key_lengths[:, None, None]  # (B, 1, Lk): padding_mask
+        check_mask(mask, scores.shape, "attention scores (B, Lq, Lk)")
         if mask is not None:
-            _check_mask(mask, scores.shape, "attention scores (B, Lq, Lk)")
             valid = valid & mask
         centers = self.predict_centers(query, key_lengths)  # (B, Lq)
-        weights = local_p_weights(scores, centers, self.window, valid)  # (B, Lq, Lk)
+        weights = _local_p_weights(scores, centers, self.window, valid)  # (B, Lq, Lk)
         return weights @ value, weights

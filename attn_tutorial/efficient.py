@@ -6,8 +6,10 @@
   log-sum-exp, as FlashAttention does :cite:p:`dao2022flashattention,dao2023flashattention2`.
 * :class:`GroupedQueryAttention`: ``num_kv_heads`` key/value heads shared by groups of query heads,
   multi-query attention when it is 1 :cite:p:`shazeer2019mqa,ainslie2023gqa`.
-* Key/value cache helpers (:func:`append_kv`, :func:`reorder_kv`, :func:`kv_cache_bytes_per_token`),
-  the one implementation used by the Transformer's incremental decoding and by :class:`TinyCausalLM`.
+* Key/value cache helpers (:func:`append_kv`, :func:`reorder_kv`, defined with
+  :class:`~attn_tutorial.multihead.MultiHeadAttention`, whose ``forward(..., past=, use_cache=True)`` grows a
+  cache; :func:`kv_cache_bytes_per_token`): the one implementation used by the Transformer's incremental
+  decoding and by :class:`TinyCausalLM`.
 * :func:`sliding_window_attention` (banded, with optional global tokens :cite:p:`beltagy2020longformer`)
   and :func:`linear_attention` / :func:`linear_attention_step` :cite:p:`katharopoulos2020linear`.
 
@@ -29,7 +31,9 @@ from torch import Tensor, nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from .attention import _broadcast, _check_mask, _check_qkv, _scores_shape, _shape, fused_attention, scaled_dot_product_attention
+from ._checks import broadcast, check_attention, check_count, check_counts, check_qkv, shape
+from .attention import _fused
+from .multihead import KVCache, MultiHeadAttention, append_kv, reorder_kv, repeat_kv
 
 __all__ = [
     "tiled_attention",
@@ -50,9 +54,6 @@ __all__ = [
     "CausalLMConfig",
     "TinyCausalLM",
 ]
-
-_KVCache = tuple[Tensor, Tensor]
-
 
 # --------------------------------------------------------------------------------------------
 # Exact attention in tiles: the online softmax, forward and backward
@@ -84,12 +85,6 @@ def _key_blocks(qs: int, qe: int, Lk: int, block: int, is_causal: bool) -> range
     return range(0, min(Lk, qe) if is_causal else Lk, block)
 
 
-def _check_block_size(block_size: int) -> None:
-    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
-        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
-
-
-@torch.no_grad()
 def tiled_attention_forward(
     query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None, *,
     is_causal: bool = False, scale: float | None = None, block_size: int = 128,
@@ -113,12 +108,18 @@ def tiled_attention_forward(
 
     Reference: :cite:p:`milakov2018online`, algorithm 3; :cite:p:`dao2022flashattention`, algorithm 1.
     """
-    _check_qkv(query, key, value)
-    _check_block_size(block_size)
-    if mask is not None:
-        _check_mask(mask, _scores_shape(query, key), "attention scores (..., Lq, Lk)")
-    batch = _broadcast(query.shape[:-2], key.shape[:-2], value.shape[:-2])
-    assert batch is not None  # checked by _check_qkv
+    check_attention(query, key, value, mask)
+    check_count("block_size", block_size)
+    return _tiled_forward(query, key, value, mask, is_causal, scale, block_size)
+
+
+@torch.no_grad()
+def _tiled_forward(
+    query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None, is_causal: bool, scale: float | None, block_size: int
+) -> tuple[Tensor, Tensor]:
+    """:func:`tiled_attention_forward` without the checks."""
+    batch = broadcast(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+    assert batch is not None  # checked by check_qkv
     Lq, Lk, Dv = query.shape[-2], key.shape[-2], value.shape[-1]
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else scale
     out = query.new_zeros(*batch, Lq, Dv)
@@ -155,7 +156,7 @@ class _TiledAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, mask, is_causal, scale, block_size):  # type: ignore[override]
-        out, lse = tiled_attention_forward(q, k, v, mask, is_causal=is_causal, scale=scale, block_size=block_size)
+        out, lse = _tiled_forward(q, k, v, mask, is_causal, scale, block_size)
         ctx.save_for_backward(q, k, v, out, lse, mask)
         ctx.is_causal, ctx.scale, ctx.block_size = is_causal, scale, block_size
         return out
@@ -218,14 +219,12 @@ def tiled_attention(
 
     Reference: :cite:p:`milakov2018online,dao2022flashattention,dao2023flashattention2`.
     """
-    _check_qkv(query, key, value)
-    _check_block_size(block_size)
-    if mask is not None:
-        _check_mask(mask, _scores_shape(query, key), "attention scores (..., Lq, Lk)")
+    check_attention(query, key, value, mask)
+    check_count("block_size", block_size)
     scale = 1.0 / math.sqrt(query.shape[-1]) if scale is None else float(scale)
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (query, key, value))):
-        return tiled_attention_forward(query, key, value, mask, is_causal=is_causal, scale=scale, block_size=block_size)[0], None
-    batch = _broadcast(query.shape[:-2], key.shape[:-2], value.shape[:-2])
+        return _tiled_forward(query, key, value, mask, is_causal, scale, block_size)[0], None
+    batch = broadcast(query.shape[:-2], key.shape[:-2], value.shape[:-2])
     assert batch is not None
     # Expand broadcast batch dims so that the Function sees equal shapes; autograd sums them back.
     q, k, v = (t.expand(*batch, *t.shape[-2:]) for t in (query, key, value))
@@ -237,44 +236,17 @@ def tiled_attention(
 # --------------------------------------------------------------------------------------------
 
 
-def append_kv(past: _KVCache | None, key: Tensor, value: Tensor) -> _KVCache:
-    """The cache after the new positions: ``past`` keys/values with ``key``/``value`` appended along the sequence.
-
-    ``past`` is ``None`` before the first step. Concatenation copies the cache (O(t) per step); a
-    preallocated buffer would avoid the copy, at the price of a fixed maximum length.
-
-    Shape:
-        ``past`` ``((B, Hkv, t, Dh), (B, Hkv, t, Dv))`` or ``None``; ``key``/``value`` ``(B, Hkv, n, ·)``
-        -> ``((B, Hkv, t + n, Dh), (B, Hkv, t + n, Dv))``.
-    """
-    if past is None:
-        return key, value
-    return torch.cat([past[0], key], dim=-2), torch.cat([past[1], value], dim=-2)
-
-
-def reorder_kv(past: _KVCache | None, indices: Tensor) -> _KVCache | None:
-    """Row ``i`` of the result is row ``indices[i]`` of ``past`` (beam search reorders its hypotheses).
-
-    Shape: ``past`` ``((B, ...), (B, ...))`` or ``None``, ``indices`` ``(B',)`` -> ``((B', ...), (B', ...))``.
-    """
-    if past is None:
-        return None
-    return past[0].index_select(0, indices), past[1].index_select(0, indices)
-
-
 def kv_cache_bytes_per_token(num_layers: int, num_kv_heads: int, head_dim: int, dtype: torch.dtype = torch.float32) -> int:
     """Bytes a key/value cache grows by per token and sequence: :math:`2 \\cdot n_\\text{layers} \\cdot H_{kv} \\cdot d_h \\cdot \\text{bytes}`.
 
     The factor 2 is one key and one value. Multi-head attention has ``H_kv = H``; grouped-query
     attention divides the cache by ``H / H_kv`` :cite:p:`shazeer2019mqa,ainslie2023gqa`.
     """
-    for name, n in (("num_layers", num_layers), ("num_kv_heads", num_kv_heads), ("head_dim", head_dim)):
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"{name} must be a positive int, got {n!r}")
+    check_counts(num_layers=num_layers, num_kv_heads=num_kv_heads, head_dim=head_dim)
     return 2 * num_layers * num_kv_heads * head_dim * torch.empty((), dtype=dtype).element_size()
 
 
-def kv_cache_nbytes(cache: Sequence[_KVCache | None]) -> int:
+def kv_cache_nbytes(cache: Sequence[KVCache | None]) -> int:
     """Bytes held by a list of per-layer caches (``None`` entries count 0)."""
     return sum(k.nbytes + v.nbytes for kv in cache if kv is not None for k, v in [kv])
 
@@ -323,18 +295,7 @@ def peak_tensor_bytes(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> tupl
 # --------------------------------------------------------------------------------------------
 
 
-def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
-    """Share each key/value head with ``n_rep`` consecutive query heads (a view, no copy until used).
-
-    Shape: ``(B, Hkv, L, D)`` -> ``(B, Hkv * n_rep, L, D)``; query head ``h`` uses kv head ``h // n_rep``.
-    """
-    if n_rep == 1:
-        return x
-    B, Hkv, L, D = x.shape
-    return x[:, :, None].expand(B, Hkv, n_rep, L, D).reshape(B, Hkv * n_rep, L, D)  # (B, H, L, D)
-
-
-class GroupedQueryAttention(nn.Module):
+class GroupedQueryAttention(MultiHeadAttention):
     """Multi-head attention whose ``num_heads`` query heads share ``num_kv_heads`` key/value heads.
 
     .. math:: \\mathrm{head}_h = \\mathrm{Attention}(Q W^Q_h,\\; K W^K_{g(h)},\\; V W^V_{g(h)}), \\quad g(h) = \\lfloor h\\, H_{kv} / H \\rfloor
@@ -344,11 +305,12 @@ class GroupedQueryAttention(nn.Module):
     anything between is grouped-query attention :cite:p:`ainslie2023gqa`. The key/value projections and
     the cache shrink by ``num_heads / num_kv_heads``.
 
-    ``forward(query, key, value, mask=None, need_weights=True, average_attn_weights=True, is_causal=False)``
-    returns ``(output, weights)`` as the multi-head module does; ``mask`` is boolean, ``True`` = may
-    attend, broadcastable to ``(B, H, Lq, Lk)`` (a 3-D mask is ``(B, Lq, Lk)``). For decoding with a
-    cache, :meth:`project_kv` gives the keys/values a cache stores (``H_kv`` heads) and :meth:`attend`
-    attends to them (what :class:`TinyCausalLM` does with :func:`append_kv`).
+    It *is* a :class:`~attn_tutorial.multihead.MultiHeadAttention` with ``num_kv_heads`` key/value heads
+    (only the initialisation differs: PyTorch's default for ``nn.Linear``), so it has the same ``forward``
+    (``mask`` boolean, ``True`` = may attend, broadcastable to ``(B, H, Lq, Lk)``; a 3-D mask is
+    ``(B, Lq, Lk)``; ``past=``/``use_cache=`` for a key/value cache) and the same steps: :meth:`project_kv`
+    gives the keys/values a cache stores (``H_kv`` heads) and :meth:`attend` attends to them, each key/value
+    head serving a group of query heads (:func:`repeat_kv`).
 
     Shape:
         ``query`` ``(B, Lq, E)``, ``key``/``value`` ``(B, Lk, E)`` -> ``(B, Lq, E)``, weights ``(B, Lq, Lk)``
@@ -358,19 +320,10 @@ class GroupedQueryAttention(nn.Module):
     """
 
     def __init__(self, embed_dim: int, num_heads: int, num_kv_heads: int | None = None, dropout: float = 0.0, bias: bool = True) -> None:
-        super().__init__()
-        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
-        if embed_dim % num_heads:
-            raise ValueError(f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}; expected embed_dim % num_heads == 0")
-        if not isinstance(num_kv_heads, int) or num_kv_heads < 1 or num_heads % num_kv_heads:
-            raise ValueError(f"num_kv_heads={num_kv_heads!r} must be a positive int dividing num_heads={num_heads}")
-        self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
-        self.head_dim = embed_dim // num_heads
-        self.dropout = dropout
-        self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.k_proj = nn.Linear(embed_dim, num_kv_heads * self.head_dim, bias=bias)
-        self.v_proj = nn.Linear(embed_dim, num_kv_heads * self.head_dim, bias=bias)
-        self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
+        super().__init__(embed_dim, num_heads, dropout=dropout, bias=bias, num_kv_heads=num_kv_heads)
+
+    def _reset_parameters(self) -> None:
+        pass  # keep nn.Linear's default initialisation
 
     def extra_repr(self) -> str:
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}, num_kv_heads={self.num_kv_heads}"
@@ -394,38 +347,6 @@ class GroupedQueryAttention(nn.Module):
                     dst.bias.copy_(src.bias.view(num_kv_heads, n_rep, Dh).mean(1).reshape(-1))
         return gqa.train(mha.training)
 
-    def _split(self, x: Tensor, heads: int) -> Tensor:
-        B, L, _ = x.shape
-        return x.view(B, L, heads, self.head_dim).transpose(1, 2)  # (B, L, heads * Dh) -> (B, heads, L, Dh)
-
-    def project_kv(self, key: Tensor, value: Tensor) -> _KVCache:
-        """Keys and values of the kv heads, ``(B, Hkv, Lk, Dh)`` each: what a cache stores."""
-        return self._split(self.k_proj(key), self.num_kv_heads), self._split(self.v_proj(value), self.num_kv_heads)
-
-    def attend(
-        self, query: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, need_weights: bool = True, is_causal: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
-        """Attend from ``query`` ``(B, Lq, E)`` to projected ``k``/``v`` ``(B, Hkv, Lk, Dh)`` -> ``((B, Lq, E), weights (B, H, Lq, Lk) or None)``."""
-        B, Lq, _ = query.shape
-        q = self._split(self.q_proj(query), self.num_heads)  # (B, H, Lq, Dh)
-        n_rep = self.num_heads // self.num_kv_heads
-        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, Lk, Dh)
-        if mask is not None and mask.dim() == 3:
-            mask = mask.unsqueeze(1)  # (B, Lq, Lk) -> (B, 1, Lq, Lk)
-        attend = scaled_dot_product_attention if need_weights else fused_attention
-        out, w = attend(q, k, v, mask, dropout_p=self.dropout if self.training else 0.0, is_causal=is_causal)
-        return self.out_proj(out.transpose(1, 2).reshape(B, Lq, self.embed_dim)), w  # (B, H, Lq, Dh) -> (B, Lq, E)
-
-    def forward(
-        self, query: Tensor, key: Tensor, value: Tensor, mask: Tensor | None = None, need_weights: bool = True,
-        average_attn_weights: bool = True, is_causal: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
-        k, v = self.project_kv(key, value)
-        out, w = self.attend(query, k, v, mask, need_weights, is_causal)
-        if w is not None and average_attn_weights:
-            w = w.mean(dim=1)  # (B, H, Lq, Lk) -> (B, Lq, Lk)
-        return out, w
-
 
 # --------------------------------------------------------------------------------------------
 # Sliding windows
@@ -437,12 +358,6 @@ def _window_allowed(i: Tensor, j: Tensor, window: int, num_global: int, causal: 
     return allowed & (j <= i) if causal else allowed
 
 
-def _check_window(window: int, num_global: int) -> None:
-    for name, n in (("window", window), ("num_global", num_global)):
-        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
-            raise ValueError(f"{name} must be a non-negative int, got {n!r}")
-
-
 def sliding_window_global_mask(
     L: int, window: int, num_global: int = 0, causal: bool = False, device: torch.device | str | None = None
 ) -> Tensor:
@@ -452,7 +367,7 @@ def sliding_window_global_mask(
 
     Shape: output ``(L, L)``. Reference: :cite:p:`beltagy2020longformer`, section 3.1.
     """
-    _check_window(window, num_global)
+    check_counts(allow_zero=True, window=window, num_global=num_global)
     pos = torch.arange(L, device=device)
     return _window_allowed(pos[:, None], pos[None, :], window, num_global, causal)
 
@@ -473,25 +388,25 @@ def sliding_window_attention(
 
     Reference: :cite:p:`beltagy2020longformer`.
     """
-    _check_qkv(query, key, value)
-    _check_window(window, num_global)
-    _check_block_size(block_size)
+    check_qkv(query, key, value)
+    check_counts(allow_zero=True, window=window, num_global=num_global)
+    check_count("block_size", block_size)
     L = query.shape[-2]
     if key.shape[-2] != L:
-        raise ValueError(f"sliding_window_attention is self-attention: query {_shape(query)} and key {_shape(key)} need the same length")
+        raise ValueError(f"sliding_window_attention is self-attention: query {shape(query)} and key {shape(key)} need the same length")
     pos = torch.arange(L, device=query.device)
     g = min(num_global, L)
     parts = []
     if g:  # global queries see every key (up to themselves if causal)
         m = _window_allowed(pos[:g, None], pos[None, :], window, g, is_causal)
-        parts.append(fused_attention(query[..., :g, :], key, value, m)[0])
+        parts.append(_fused(query[..., :g, :], key, value, m))
     for qs in range(g, L, block_size):
         qe = min(qs + block_size, L)
         lo, hi = max(g, qs - window), min(L, qe if is_causal else qe + window)
         idx = torch.cat([pos[:g], pos[lo:hi]])  # the global keys, then the band of this block
         m = _window_allowed(pos[qs:qe, None], idx[None, :], window, g, is_causal)  # (bq, g + band)
         k, v = key.index_select(-2, idx), value.index_select(-2, idx)
-        parts.append(fused_attention(query[..., qs:qe, :], k, v, m)[0])
+        parts.append(_fused(query[..., qs:qe, :], k, v, m))
     return torch.cat(parts, dim=-2), None
 
 
@@ -522,14 +437,14 @@ def linear_attention(
 
     Reference: :cite:p:`katharopoulos2020linear`, eq. 6 and 8-9.
     """
-    _check_qkv(query, key, value)
+    check_qkv(query, key, value)
     q, k = elu_feature_map(query), elu_feature_map(key)  # (..., L, D), positive
     if not is_causal:
         kv = k.transpose(-2, -1) @ value  # (..., D, Dv): sum_j phi(k_j) v_j^T
         num, den = q @ kv, q @ k.sum(dim=-2).unsqueeze(-1)  # (..., Lq, Dv), (..., Lq, 1)
     else:
         if query.shape[-2] != key.shape[-2]:
-            raise ValueError(f"causal linear attention needs query {_shape(query)} and key {_shape(key)} of the same length")
+            raise ValueError(f"causal linear attention needs query {shape(query)} and key {shape(key)} of the same length")
         kv = torch.cumsum(k.unsqueeze(-1) * value.unsqueeze(-2), dim=-3)  # (..., L, D, Dv): S_i = sum_{j<=i}
         z = torch.cumsum(k, dim=-2)  # (..., L, D)
         num = (q.unsqueeze(-2) @ kv).squeeze(-2)  # (..., L, Dv)
@@ -593,8 +508,7 @@ class CausalLMConfig:
         if self.attention not in _ATTENTIONS:
             raise ValueError(f"CausalLMConfig.attention must be one of {_ATTENTIONS}, got {self.attention!r}")
         for name in ("vocab_size", "d_model", "num_heads", "num_layers", "d_ff", "max_len", "window"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"CausalLMConfig.{name} must be a positive int, got {getattr(self, name)!r}")
+            check_count(f"CausalLMConfig.{name}", getattr(self, name))
 
 
 class _Block(nn.Module):
@@ -609,11 +523,12 @@ class _Block(nn.Module):
         """Causal attention of ``h`` ``(B, T, E)`` after the cached positions ``past``; returns the new cache
         (keys/values, or a :class:`LinearAttentionState` per head). ``past is None``: a whole sequence."""
         a, c = self.attn, self.c
-        B, T, _ = h.shape
+        if c.attention == "dense":  # the module's own cache: append, then attend to everything
+            out, _, cache = a(h, h, h, need_weights=False, is_causal=True, past=past, use_cache=True)  # type: ignore[arg-type]
+            return out, cache
+        q, k, v = a.project(h, h, h)  # (B, H, T, Dh), (B, Hkv, T, Dh) x 2
         n_rep = a.num_heads // a.num_kv_heads
-        k, v = a.project_kv(h, h)  # (B, Hkv, T, Dh)
         if c.attention == "linear":
-            q = a._split(a.q_proj(h), a.num_heads)  # (B, H, T, Dh)
             k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
             if past is None:  # a whole sequence: cumulative sums; the state is their last entry
                 out, _ = linear_attention(q, k, v, is_causal=True)
@@ -622,17 +537,13 @@ class _Block(nn.Module):
             else:  # one step: the recurrent form
                 o, state = linear_attention_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], past)  # type: ignore[arg-type]
                 out = o.unsqueeze(2)
-            return a.out_proj(out.transpose(1, 2).reshape(B, T, a.embed_dim)), state  # (B, H, T, Dh) -> (B, T, E)
+            return a.out_proj(a.merge_heads(out)), state  # (B, H, T, Dh) -> (B, T, E)
         cache = append_kv(past, k, v)  # type: ignore[arg-type]
-        if c.attention == "sliding":  # a step sees only the band: the cache never outgrows it
-            cache = (cache[0][:, :, -(c.window + 1):], cache[1][:, :, -(c.window + 1):])
-        if past is None and c.attention == "sliding":
-            q = a._split(a.q_proj(h), a.num_heads)
+        cache = (cache[0][:, :, -(c.window + 1):], cache[1][:, :, -(c.window + 1):])  # a step sees only the band
+        if past is None:  # a whole sequence, block by block on the band
             out, _ = sliding_window_attention(q, repeat_kv(k, n_rep), repeat_kv(v, n_rep), c.window, is_causal=True)
-            mixed = a.out_proj(out.transpose(1, 2).reshape(B, T, a.embed_dim))
-        else:  # dense over the sequence, or one step against the whole cache
-            mixed = a.attend(h, *cache, need_weights=False, is_causal=past is None)[0]
-        return mixed, cache
+            return a.out_proj(a.merge_heads(out)), cache
+        return a.attend(q, *cache, need_weights=False)[0], cache  # one step against the band
 
     def forward(self, x: Tensor, past: object = None) -> tuple[Tensor, object]:
         a, cache = self._mix(self.norm1(x), past)

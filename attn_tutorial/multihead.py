@@ -14,14 +14,62 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .attention import _check_mask, _check_tensor, _shape, fused_attention, scaled_dot_product_attention
+from ._checks import check_dropout, check_multihead
+from .attention import _attention, _fused
+from .positional import apply_rope
 
 __all__ = ["MultiHeadAttention", "num_parameters"]
 
+KVCache = tuple[Tensor, Tensor]
+
 
 def num_parameters(module: nn.Module, trainable_only: bool = True) -> int:
-    """Number of scalar parameters in ``module`` (only those with ``requires_grad`` by default)."""
+    """Number of scalar parameters in ``module`` (only those with ``requires_grad`` by default; tied weights count once)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def _init_embedding(emb: nn.Embedding, pad_id: int) -> None:
+    """:math:`\\mathcal N(0, 1/d)` entries and a zero padding row: with tied output weights the logits of a
+    fresh model are :math:`O(1)` (PyTorch's :math:`\\mathcal N(0, 1)` would make them :math:`O(\\sqrt d)`)."""
+    nn.init.normal_(emb.weight, std=emb.embedding_dim**-0.5)
+    with torch.no_grad():
+        emb.weight[pad_id].zero_()
+
+
+def append_kv(past: KVCache | None, key: Tensor, value: Tensor) -> KVCache:
+    """The cache after the new positions: ``past`` keys/values with ``key``/``value`` appended along the sequence.
+
+    ``past`` is ``None`` before the first step. Concatenation copies the cache (O(t) per step); a
+    preallocated buffer would avoid the copy, at the price of a fixed maximum length.
+
+    Shape:
+        ``past`` ``((B, Hkv, t, Dh), (B, Hkv, t, Dv))`` or ``None``; ``key``/``value`` ``(B, Hkv, n, ·)``
+        -> ``((B, Hkv, t + n, Dh), (B, Hkv, t + n, Dv))``.
+    """
+    if past is None:
+        return key, value
+    return torch.cat([past[0], key], dim=-2), torch.cat([past[1], value], dim=-2)
+
+
+def repeat_kv(x: Tensor, n_rep: int) -> Tensor:
+    """Share each key/value head with ``n_rep`` consecutive query heads (a view, no copy until used).
+
+    Shape: ``(B, Hkv, L, D)`` -> ``(B, Hkv * n_rep, L, D)``; query head ``h`` uses kv head ``h // n_rep``.
+    """
+    if n_rep == 1:
+        return x
+    B, Hkv, L, D = x.shape
+    return x[:, :, None].expand(B, Hkv, n_rep, L, D).reshape(B, Hkv * n_rep, L, D)  # (B, H, L, D)
+
+
+def reorder_kv(past: KVCache | None, indices: Tensor) -> KVCache | None:
+    """Row ``i`` of the result is row ``indices[i]`` of ``past`` (beam search reorders its hypotheses).
+
+    Shape: ``past`` ``((B, ...), (B, ...))`` or ``None``, ``indices`` ``(B',)`` -> ``((B', ...), (B', ...))``.
+    """
+    if past is None:
+        return None
+    return past[0].index_select(0, indices), past[1].index_select(0, indices)
 
 
 class MultiHeadAttention(nn.Module):
@@ -34,9 +82,13 @@ class MultiHeadAttention(nn.Module):
         bias: biases in the four projections.
         kdim, vdim: feature sizes of ``key`` and ``value`` (default ``embed_dim``), e.g. for cross-attention
             to an encoder of another width.
+        num_kv_heads: key/value heads (default ``num_heads``), each shared by ``num_heads / num_kv_heads``
+            query heads (see :class:`~attn_tutorial.efficient.GroupedQueryAttention`).
+        rope: rotate queries and keys by their positions (:func:`~attn_tutorial.positional.apply_rope`)
+            after the projections, for self-attention.
 
-    ``forward(query, key, value, mask=None, need_weights=True, average_attn_weights=True, is_causal=False)``
-    returns ``(output, weights)``:
+    ``forward(query, key, value, mask=None, need_weights=True, average_attn_weights=True, is_causal=False,
+    *, past=None, use_cache=False)`` returns ``(output, weights)`` (and the cache, see below):
 
     * ``need_weights=True``: the transparent path, :func:`~attn_tutorial.attention.scaled_dot_product_attention`
       written out in PyTorch; ``weights`` are ``(B, Lq, Lk)`` averaged over heads, or ``(B, H, Lq, Lk)``
@@ -54,6 +106,17 @@ class MultiHeadAttention(nn.Module):
     where ``nn.MultiheadAttention`` returns NaN with its default ``need_weights=True`` (zeros with
     ``need_weights=False``, checked on torch 2.13).
 
+    The steps are public, for layers that need them one at a time: :meth:`project` (queries, keys and
+    values split into heads), :meth:`attend` (attention over the heads, merged and projected back),
+    :meth:`split_heads` / :meth:`merge_heads`. ``forward`` checks its inputs once and then trusts them.
+
+    Key/value cache (incremental decoding): ``forward(..., past=(k, v), use_cache=True)`` attends from the
+    new queries to the cached keys/values ``(B, Hkv, t, Dh)`` followed by the new ones, and returns the
+    grown cache as a third element (:func:`~attn_tutorial.efficient.append_kv`); ``past=None`` starts one. With ``key`` and
+    ``value`` ``None`` it attends to ``past`` alone (cross-attention to a source projected once). With a
+    cache, ``is_causal`` is aligned bottom-right: the new positions come after the cached ones, and with
+    RoPE they are rotated by their positions ``t, t + 1, ...``.
+
     Shape:
         ``query`` ``(B, Lq, E)``, ``key`` ``(B, Lk, kdim)``, ``value`` ``(B, Lk, vdim)``
         -> ``output`` ``(B, Lq, E)``, ``weights`` ``(B, Lq, Lk)`` / ``(B, H, Lq, Lk)`` / ``None``.
@@ -69,6 +132,9 @@ class MultiHeadAttention(nn.Module):
         bias: bool = True,
         kdim: int | None = None,
         vdim: int | None = None,
+        *,
+        num_kv_heads: int | None = None,
+        rope: bool = False,
     ) -> None:
         super().__init__()
         if not isinstance(embed_dim, int) or embed_dim <= 0:
@@ -80,16 +146,18 @@ class MultiHeadAttention(nn.Module):
                 f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}; "
                 "expected embed_dim % num_heads == 0 so that every head gets embed_dim // num_heads features"
             )
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1), got {dropout!r}")
-        self.embed_dim, self.num_heads = embed_dim, num_heads
+        num_kv_heads = num_heads if num_kv_heads is None else num_kv_heads
+        if not isinstance(num_kv_heads, int) or num_kv_heads < 1 or num_heads % num_kv_heads:
+            raise ValueError(f"num_kv_heads={num_kv_heads!r} must be a positive int dividing num_heads={num_heads}")
+        check_dropout(dropout, "dropout")
+        self.embed_dim, self.num_heads, self.num_kv_heads = embed_dim, num_heads, num_kv_heads
         self.head_dim = embed_dim // num_heads
         self.kdim = embed_dim if kdim is None else kdim
         self.vdim = embed_dim if vdim is None else vdim
-        self.dropout = dropout
+        self.dropout, self.rope = dropout, rope
         self.q_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
-        self.k_proj = nn.Linear(self.kdim, embed_dim, bias=bias)
-        self.v_proj = nn.Linear(self.vdim, embed_dim, bias=bias)
+        self.k_proj = nn.Linear(self.kdim, num_kv_heads * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(self.vdim, num_kv_heads * self.head_dim, bias=bias)
         self.out_proj = nn.Linear(embed_dim, embed_dim, bias=bias)
         self._reset_parameters()
 
@@ -149,51 +217,84 @@ class MultiHeadAttention(nn.Module):
         ours.train(module.training)
         return ours
 
-    def _split_heads(self, x: Tensor) -> Tensor:
-        B, L, _ = x.shape
-        return x.view(B, L, self.num_heads, self.head_dim).transpose(1, 2)  # (B, L, E) -> (B, H, L, Dh)
+    # ---- the steps --------------------------------------------------------------------------------
 
-    def _check_inputs(self, query: Tensor, key: Tensor, value: Tensor) -> None:
-        for name, t, dim in (("query", query, self.embed_dim), ("key", key, self.kdim), ("value", value, self.vdim)):
-            _check_tensor(name, t, floating=True)
-            if t.dim() != 3 or t.shape[-1] != dim:
-                raise ValueError(f"{name} has shape {_shape(t)}; expected (batch, length, {dim}) (batch first)")
-        if key.shape[0] != query.shape[0] or value.shape[0] != query.shape[0]:
-            raise ValueError(
-                f"query {_shape(query)}, key {_shape(key)} and value {_shape(value)} have different batch sizes; "
-                "expected the same batch size (batch first)"
-            )
-        if value.shape[1] != key.shape[1]:
-            raise ValueError(f"value has shape {_shape(value)} but key has length {key.shape[1]}; expected value.shape[1] == {key.shape[1]}")
+    def split_heads(self, x: Tensor, heads: int | None = None) -> Tensor:
+        """``(B, L, heads * Dh)`` -> ``(B, heads, L, Dh)``; ``heads`` defaults to ``num_heads``."""
+        B, L, _ = x.shape
+        return x.view(B, L, heads or self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, L, Dh)
+
+    _split_heads = split_heads  # the name chapters and notebooks written before issue 16 use
+
+    def merge_heads(self, x: Tensor) -> Tensor:
+        """``(B, H, L, Dh)`` -> ``(B, L, H * Dh)``, the inverse of :meth:`split_heads`."""
+        B, H, L, Dh = x.shape
+        return x.transpose(1, 2).reshape(B, L, H * Dh)  # (B, L, E)
+
+    def project_kv(self, key: Tensor, value: Tensor, offset: int = 0) -> KVCache:
+        """Keys and values split into the ``num_kv_heads`` heads, ``(B, Hkv, Lk, Dh)`` each: what a cache
+        stores. With ``rope`` the keys are rotated by their positions ``offset, offset + 1, ...``."""
+        k = self.split_heads(self.k_proj(key), self.num_kv_heads)  # (B, Hkv, Lk, Dh)
+        v = self.split_heads(self.v_proj(value), self.num_kv_heads)  # (B, Hkv, Lk, Dh)
+        return (self._rotate(k, offset), v) if self.rope else (k, v)
+
+    def project(self, query: Tensor, key: Tensor, value: Tensor, offset: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+        """The projections, split into heads: ``q`` ``(B, H, Lq, Dh)``, ``k``/``v`` ``(B, Hkv, Lk, Dh)``
+        (queries and keys rotated by RoPE from position ``offset`` when ``rope``)."""
+        return self._queries(query, offset), *self.project_kv(key, value, offset)
+
+    def _queries(self, query: Tensor, offset: int) -> Tensor:
+        q = self.split_heads(self.q_proj(query))  # (B, H, Lq, Dh)
+        return self._rotate(q, offset) if self.rope else q
+
+    def _rotate(self, x: Tensor, offset: int) -> Tensor:
+        positions = None if offset == 0 else torch.arange(offset, offset + x.shape[-2])  # on the CPU, as apply_rope wants
+        return apply_rope(x, positions)
+
+    def attend(
+        self, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None = None, need_weights: bool = True, is_causal: bool = False
+    ) -> tuple[Tensor, Tensor | None]:
+        """Attention of heads ``q`` ``(B, H, Lq, Dh)`` over ``k``/``v`` ``(B, Hkv, Lk, Dh)``, heads merged
+        and projected back: ``(out (B, Lq, E), weights (B, H, Lq, Lk) or None)``. ``mask`` broadcasts
+        to ``(B, H, Lq, Lk)``. No checks: :meth:`forward` checks, layers that call this trust their inputs."""
+        n_rep = self.num_heads // self.num_kv_heads
+        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, H, Lk, Dh): a no-op without grouped heads
+        p = self.dropout if self.training else 0.0
+        if need_weights:
+            out, weights = _attention(q, k, v, mask, dropout_p=p, is_causal=is_causal)  # (B, H, Lq, Dh)
+        else:
+            out, weights = _fused(q, k, v, mask, dropout_p=p, is_causal=is_causal), None
+        return self.out_proj(self.merge_heads(out)), weights  # (B, Lq, E)
+
+    # ---- the module ---------------------------------------------------------------------------------
 
     def forward(
         self,
         query: Tensor,
-        key: Tensor,
-        value: Tensor,
+        key: Tensor | None,
+        value: Tensor | None,
         mask: Tensor | None = None,
         need_weights: bool = True,
         average_attn_weights: bool = True,
         is_causal: bool = False,
-    ) -> tuple[Tensor, Tensor | None]:
-        self._check_inputs(query, key, value)
-        B, Lq, _ = query.shape
-        Lk = key.shape[1]
-        if mask is not None:
-            _check_tensor("mask", mask)
-            if mask.dim() == 3:
-                mask = mask.unsqueeze(1)  # (B, Lq, Lk) -> (B, 1, Lq, Lk): one mask for every head
-            _check_mask(mask, (B, self.num_heads, Lq, Lk), "multi-head scores (B, H, Lq, Lk)")
-        q = self._split_heads(self.q_proj(query))  # (B, H, Lq, Dh)
-        k = self._split_heads(self.k_proj(key))  # (B, H, Lk, Dh)
-        v = self._split_heads(self.v_proj(value))  # (B, H, Lk, Dh)
-        dropout_p = self.dropout if self.training else 0.0
-        if need_weights:
-            out, weights = scaled_dot_product_attention(q, k, v, mask, dropout_p=dropout_p, is_causal=is_causal)
+        *,
+        past: KVCache | None = None,
+        use_cache: bool = False,
+    ) -> tuple[Tensor, Tensor | None] | tuple[Tensor, Tensor | None, KVCache]:
+        mask = check_multihead(self, query, key, value, mask, past)  # a 3-D mask gets its heads dimension
+        Lq, t = query.shape[1], 0 if past is None else past[0].shape[-2]  # t: positions already cached
+        if key is None:  # attend to the cache alone (a source projected once)
+            q, (k, v) = self._queries(query, t), past  # type: ignore[misc]
         else:
-            out, weights = fused_attention(q, k, v, mask, dropout_p=dropout_p, is_causal=is_causal)
-        out = out.transpose(1, 2).reshape(B, Lq, self.embed_dim)  # (B, H, Lq, Dh) -> (B, Lq, E)
-        out = self.out_proj(out)  # (B, Lq, E)
+            q, k, v = self.project(query, key, value, t)  # (B, H, Lq, Dh), (B, Hkv, Lk, Dh) x 2
+            k, v = append_kv(past, k, v)  # (B, Hkv, t + Lk, Dh)
+        if is_causal and t:  # the new queries come after the cached keys: bottom-right alignment
+            if Lq > 1:
+                Lk = k.shape[-2]
+                causal = torch.ones(Lq, Lk, dtype=torch.bool, device=q.device).tril(Lk - Lq)  # (Lq, Lk)
+                mask = causal if mask is None else mask & causal
+            is_causal = False  # a single new query sees every key
+        out, weights = self.attend(q, k, v, mask, need_weights, is_causal)
         if weights is not None and average_attn_weights:
             weights = weights.mean(dim=1)  # (B, H, Lq, Lk) -> (B, Lq, Lk)
-        return out, weights
+        return (out, weights, (k, v)) if use_cache else (out, weights)

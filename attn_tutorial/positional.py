@@ -15,7 +15,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .attention import _check_tensor, _shape
+from ._checks import check_count, check_counts, check_features, check_rope_input
 
 __all__ = [
     "sinusoidal_encoding",
@@ -27,11 +27,6 @@ __all__ = [
     "alibi_slopes",
     "alibi_bias",
 ]
-
-
-def _check_positive_int(name: str, n: object, allow_zero: bool = False) -> None:
-    if not isinstance(n, int) or isinstance(n, bool) or n < (0 if allow_zero else 1):
-        raise ValueError(f"{name} must be a {'non-negative' if allow_zero else 'positive'} int, got {n!r}")
 
 
 def _frequencies(d_model: int, base: float) -> Tensor:
@@ -62,8 +57,8 @@ def sinusoidal_encoding(
 
     Reference: :cite:p:`vaswani2017`, section 3.5.
     """
-    _check_positive_int("max_len", max_len, allow_zero=True)
-    _check_positive_int("d_model", d_model)
+    check_count("max_len", max_len, allow_zero=True)
+    check_count("d_model", d_model)
     if not base > 1:
         raise ValueError(f"base must be > 1, got {base!r}")
     pos = torch.arange(max_len, dtype=torch.float64)[:, None]  # (max_len, 1)
@@ -88,6 +83,10 @@ class SinusoidalPositionalEncoding(nn.Module):
     """
 
     pe: Tensor
+    _TOO_LONG = (
+        "x has shape {x}: positions {offset}..{last} exceed max_len = {max_len}; "
+        "expected offset + length <= max_len (build the module with a larger max_len)"
+    )
 
     def __init__(self, d_model: int, max_len: int = 5000, dropout: float = 0.0, base: float = 10000.0) -> None:
         super().__init__()
@@ -96,16 +95,8 @@ class SinusoidalPositionalEncoding(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        _check_tensor("x", x, min_dim=2, floating=True)
-        L = x.shape[-2]
-        if x.shape[-1] != self.d_model:
-            raise ValueError(f"x has shape {_shape(x)}; expected (batch, length, {self.d_model}) with d_model = {self.d_model}")
-        if offset + L > self.max_len:
-            raise ValueError(
-                f"x has shape {_shape(x)}: positions {offset}..{offset + L - 1} exceed max_len = {self.max_len}; "
-                f"expected offset + length <= max_len (build the module with a larger max_len)"
-            )
-        return self.dropout(x + self.pe[offset : offset + L].to(x.dtype))
+        check_features(self, x, offset, self._TOO_LONG)
+        return self.dropout(x + self.pe[offset : offset + x.shape[-2]].to(x.dtype))
 
 
 class LearnedPositionalEmbedding(nn.Module):
@@ -120,25 +111,21 @@ class LearnedPositionalEmbedding(nn.Module):
     Reference: :cite:p:`gehring2017convs2s` (learned position embeddings in a sequence-to-sequence model).
     """
 
+    _TOO_LONG = (
+        "x has shape {x} with length {L} (offset {offset}) but max_len is {max_len}; "
+        "expected offset + length <= max_len: learned positions cannot extrapolate"
+    )
+
     def __init__(self, max_len: int, d_model: int) -> None:
         super().__init__()
-        _check_positive_int("max_len", max_len)
-        _check_positive_int("d_model", d_model)
+        check_counts(max_len=max_len, d_model=d_model)
         self.max_len, self.d_model = max_len, d_model
         self.embedding = nn.Embedding(max_len, d_model)
         nn.init.normal_(self.embedding.weight, std=0.02)
 
     def forward(self, x: Tensor, offset: int = 0) -> Tensor:
-        _check_tensor("x", x, min_dim=2, floating=True)
-        L = x.shape[-2]
-        if x.shape[-1] != self.d_model:
-            raise ValueError(f"x has shape {_shape(x)}; expected (batch, length, {self.d_model}) with d_model = {self.d_model}")
-        if offset + L > self.max_len:
-            raise ValueError(
-                f"x has shape {_shape(x)} with length {L} (offset {offset}) but max_len is {self.max_len}; "
-                "expected offset + length <= max_len: learned positions cannot extrapolate"
-            )
-        positions = torch.arange(offset, offset + L, device=x.device)
+        check_features(self, x, offset, self._TOO_LONG)
+        positions = torch.arange(offset, offset + x.shape[-2], device=x.device)
         return x + self.embedding(positions).to(x.dtype)
 
 
@@ -158,7 +145,7 @@ def relative_shift_matrix(k: int | float, d_model: int, base: float = 10000.0, *
 
     Reference: :cite:p:`vaswani2017`, section 3.5 ("PE_{pos+k} can be represented as a linear function of PE_{pos}").
     """
-    _check_positive_int("d_model", d_model)
+    check_count("d_model", d_model)
     if d_model % 2:
         raise ValueError(f"d_model must be even for a rotation per (sin, cos) pair, got d_model={d_model}")
     theta = k * _frequencies(d_model, base)  # (d/2,)
@@ -203,13 +190,9 @@ def apply_rope(x: Tensor, positions: Tensor | None = None, base: float = 10000.0
 
     Reference: :cite:p:`su2021roformer`, eq. 13-15.
     """
-    _check_tensor("x", x, min_dim=2, floating=True)
+    check_rope_input(x, positions)
     L, D = x.shape[-2], x.shape[-1]
-    if D % 2:
-        raise ValueError(f"x has shape {_shape(x)}; expected an even feature size D to form (2i, 2i+1) pairs, got D={D}")
     positions = torch.arange(L) if positions is None else torch.as_tensor(positions)
-    if positions.shape[-1:] != (L,):
-        raise ValueError(f"positions has shape {_shape(positions)}; expected a last dimension of L = {L} (x has shape {_shape(x)})")
     compute = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
     theta = rope_angles(positions.cpu(), D, base)  # (..., L, D/2), float64 on the CPU (MPS has no float64)
     cos = theta.cos().to(device=x.device, dtype=compute)
@@ -232,7 +215,7 @@ def alibi_slopes(num_heads: int) -> Tensor:
 
     Reference: :cite:p:`press2022alibi`, section 3.
     """
-    _check_positive_int("num_heads", num_heads)
+    check_count("num_heads", num_heads)
 
     def power_of_two(n: int) -> list[float]:
         return [2.0 ** (-8.0 * (h + 1) / n) for h in range(n)]
@@ -267,8 +250,7 @@ def alibi_bias(
     Reference: :cite:p:`press2022alibi`, section 3 and figure 3.
     """
     Lk = Lq if Lk is None else Lk
-    _check_positive_int("Lq", Lq, allow_zero=True)
-    _check_positive_int("Lk", Lk, allow_zero=True)
+    check_counts(allow_zero=True, Lq=Lq, Lk=Lk)
     i = torch.arange(Lq, device=device)[:, None]
     j = torch.arange(Lk, device=device)[None, :]
     offset = (j - i).to(torch.float32)  # (Lq, Lk): -(distance), <= 0 for past keys

@@ -32,16 +32,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from ._checks import check_count, check_prev_tokens, check_token_mask, check_tokens, pad_empty_source
 from .attention import (
     AdditiveScore,
     Attention,
     DotProductScore,
     GeneralScore,
     LocalPAttention,
-    masked_softmax,
-    padding_mask,
+    _masked_softmax,
     select_positions,
 )
+from .multihead import _init_embedding, num_parameters
 
 from .tokens import PAD_ID
 
@@ -100,9 +101,7 @@ class Seq2SeqConfig:
 
     def __post_init__(self) -> None:
         for name in ("src_vocab_size", "emb_dim", "hidden_dim", "num_layers", "local_window"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Seq2SeqConfig.{name} must be a positive int, got {value!r}")
+            check_count(f"Seq2SeqConfig.{name}", getattr(self, name))
         if self.tgt_vocab_size is not None and (
             not isinstance(self.tgt_vocab_size, int) or isinstance(self.tgt_vocab_size, bool) or self.tgt_vocab_size < 1
         ):
@@ -384,7 +383,7 @@ class BahdanauDecoder(_RecurrentDecoder):
         score = self.attention.score
         assert state.keys is not None
         e = score.v(torch.tanh(score.w_q(query).unsqueeze(1) + state.keys)).squeeze(-1)  # (B, S): v^T tanh(W s + U h_s)
-        weights = self.attention.dropout(masked_softmax(e, state.src_mask))  # (B, S)
+        weights = self.attention.dropout(_masked_softmax(e, state.src_mask))  # (B, S): inputs checked by encode
         return (weights.unsqueeze(1) @ state.memory).squeeze(1), weights  # (B, 2H), (B, S)
 
     def step(self, emb_t: Tensor, state: Seq2SeqState) -> tuple[Tensor, Tensor, Seq2SeqState]:
@@ -513,36 +512,7 @@ class Seq2Seq(nn.Module):
         self.generator = nn.Linear(c.emb_dim if c.tie_embeddings else c.hidden_dim, c.tgt_vocab)
         if c.tie_embeddings:
             self.generator.weight = self.tgt_embed.weight
-            # PyTorch's N(0, 1) rows would give initial logits of std ~sqrt(emb_dim) and a starting loss far
-            # above ln V; std emb_dim**-0.5 keeps them O(1), so a fresh model starts near the uniform guess.
-            nn.init.normal_(self.tgt_embed.weight, std=c.emb_dim**-0.5)
-            with torch.no_grad():
-                self.tgt_embed.weight[c.pad_id].zero_()
-
-    # ---- input checks -------------------------------------------------------------------------
-
-    def _check_tokens(self, name: str, tokens: object, vocab: int, batch: int | None = None) -> Tensor:
-        if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
-            what = f"shape {tuple(tokens.shape)} and dtype {tokens.dtype}" if isinstance(tokens, Tensor) else type(tokens).__name__
-            raise ValueError(f"{name} must be a (B, L) torch.long tensor of token ids, got {what}")
-        if batch is not None and tokens.shape[0] != batch:
-            raise ValueError(f"{name} has shape {tuple(tokens.shape)}; expected batch size {batch} (as src)")
-        if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
-            raise ValueError(f"{name} holds ids in [{int(tokens.min())}, {int(tokens.max())}]; expected ids in [0, {vocab}) (vocabulary size)")
-        return tokens
-
-    @staticmethod
-    def _check_mask(name: str, mask: object, like: Tensor, like_name: str) -> Tensor:
-        if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != like.shape:
-            what = f"shape {tuple(mask.shape)} and dtype {mask.dtype}" if isinstance(mask, Tensor) else type(mask).__name__
-            raise ValueError(f"{name} must be a boolean tensor of shape {tuple(like.shape)} (as {like_name}), True = real token; got {what}")
-        lengths = mask.sum(-1)
-        if not torch.equal(mask, padding_mask(lengths, mask.shape[-1])):
-            raise ValueError(
-                f"{name} must be True for the real tokens and False for padding at the end of each row "
-                f"(left-aligned), got {mask.int().tolist()}"
-            )
-        return lengths
+            _init_embedding(self.tgt_embed, c.pad_id)  # a fresh model's loss starts near ln V, the uniform guess
 
     # ---- the decoding protocol ----------------------------------------------------------------
 
@@ -552,11 +522,9 @@ class Seq2Seq(nn.Module):
         Shape:
             ``src`` ``(B, S)`` long, ``src_mask`` ``(B, S)`` bool -> a :class:`Seq2SeqState` of batch ``B``.
         """
-        self._check_tokens("src", src, self.config.src_vocab_size)
-        lengths = self._check_mask("src_mask", src_mask, src, "src")
-        if src.shape[1] == 0:  # no source column at all: add one padding column (masked everywhere)
-            src = src.new_full((src.shape[0], 1), self.config.pad_id)
-            src_mask = src_mask.new_zeros(src.shape[0], 1)
+        check_tokens("src", src, self.config.src_vocab_size)
+        lengths = check_token_mask("src_mask", src_mask, src, "src", left_aligned=True)
+        src, src_mask = pad_empty_source(src, src_mask, self.config.pad_id)
         emb = self.dropout(self.src_embed(src))  # (B, S, E)
         enc_out, final = self.encoder(emb, lengths)  # (B, S, 2H), (L, B, 2H)
         return self.decoder.init_state(enc_out, final, src_mask, lengths)
@@ -567,13 +535,7 @@ class Seq2Seq(nn.Module):
         Shape:
             ``prev_tokens`` ``(B,)`` long -> ``log_probs`` ``(B, V)``, new state, attention ``(B, S)``.
         """
-        if not isinstance(prev_tokens, Tensor) or prev_tokens.shape != (state.batch_size,) or prev_tokens.dtype != torch.long:
-            what = (
-                f"shape {tuple(prev_tokens.shape)} and dtype {prev_tokens.dtype}"
-                if isinstance(prev_tokens, Tensor)
-                else type(prev_tokens).__name__
-            )
-            raise ValueError(f"prev_tokens must be a ({state.batch_size},) torch.long tensor, got {what}")
+        check_prev_tokens(prev_tokens, state.batch_size)
         emb_t = self.dropout(self.tgt_embed(prev_tokens))  # (B, E)
         readout, attn, state = self.decoder.step(emb_t, state)
         logits = self.generator(self.pre_output(self.dropout(readout)))  # (B, V)
@@ -604,8 +566,8 @@ class Seq2Seq(nn.Module):
             (or ``(N, V)`` with ``logits_mask``) [, attention ``(B, T, S)``].
         """
         state = self.encode(src, src_mask)
-        self._check_tokens("tgt_in", tgt_in, self.config.tgt_vocab, batch=src.shape[0])
-        self._check_mask("tgt_mask", tgt_mask, tgt_in, "tgt_in")
+        check_tokens("tgt_in", tgt_in, self.config.tgt_vocab, batch=src.shape[0])
+        check_token_mask("tgt_mask", tgt_mask, tgt_in, "tgt_in", left_aligned=True)
         emb = self.dropout(self.tgt_embed(tgt_in))  # (B, T, E)
         readouts, attn, _ = self.decoder(emb, state)  # (B, T, H), (B, T, S)
         readouts = select_positions(readouts, logits_mask, tgt_in)  # (N, H) with a logits_mask
@@ -614,4 +576,4 @@ class Seq2Seq(nn.Module):
 
     def num_parameters(self) -> int:
         """Number of distinct trainable parameters (tied weights counted once)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return num_parameters(self)

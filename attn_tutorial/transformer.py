@@ -33,6 +33,7 @@ Masks are boolean, ``True`` = real token (may be attended). Batch first; attenti
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -40,10 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import fused_attention, scaled_dot_product_attention, select_positions
-from .efficient import append_kv, reorder_kv
-from .multihead import MultiHeadAttention
-from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding, apply_rope
+from ._checks import check_count, check_int, check_prev_tokens, check_token_mask, check_tokens, pad_empty_source
+from .attention import select_positions
+from .multihead import KVCache, MultiHeadAttention, _init_embedding, num_parameters, reorder_kv
+from .positional import LearnedPositionalEmbedding, SinusoidalPositionalEncoding
 
 __all__ = ["TransformerConfig", "TransformerState", "AttentionMaps", "EncoderLayer", "DecoderLayer", "Transformer"]
 
@@ -90,13 +91,9 @@ class TransformerConfig:
 
     def __post_init__(self) -> None:
         for name in ("src_vocab_size", "d_model", "num_heads", "d_ff", "max_len"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise ValueError(f"TransformerConfig.{name} must be a positive int, got {v!r}")
+            check_count(f"TransformerConfig.{name}", getattr(self, name))
         for name in ("num_encoder_layers", "num_decoder_layers"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"TransformerConfig.{name} must be an int >= 0, got {v!r}")
+            check_int(f"TransformerConfig.{name}", getattr(self, name), minimum=0)
         if self.tgt_vocab_size is not None and (not isinstance(self.tgt_vocab_size, int) or self.tgt_vocab_size < 1):
             raise ValueError(f"TransformerConfig.tgt_vocab_size must be a positive int or None, got {self.tgt_vocab_size!r}")
         if self.d_model % self.num_heads:
@@ -124,37 +121,6 @@ class TransformerConfig:
 
 
 # --------------------------------------------------------------------------------------------
-# Attention through the package's MultiHeadAttention, with positions and a cache
-# --------------------------------------------------------------------------------------------
-
-
-def _heads(mha: MultiHeadAttention, proj: nn.Linear, x: Tensor) -> Tensor:
-    """Project ``x`` ``(B, L, E)`` with ``proj`` and split heads -> ``(B, H, L, Dh)``."""
-    return mha._split_heads(proj(x))
-
-
-def _attend(
-    mha: MultiHeadAttention, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, need_weights: bool, is_causal: bool = False
-) -> tuple[Tensor, Tensor | None]:
-    """Heads ``q`` ``(B, H, Lq, Dh)``, ``k``/``v`` ``(B, H, Lk, Dh)`` -> ``(out (B, Lq, E), weights (B, H, Lq, Lk) or None)``."""
-    p = mha.dropout if mha.training else 0.0
-    attend = scaled_dot_product_attention if need_weights else fused_attention
-    out, w = attend(q, k, v, mask, dropout_p=p, is_causal=is_causal)
-    B, _, Lq, _ = q.shape
-    return mha.out_proj(out.transpose(1, 2).reshape(B, Lq, mha.embed_dim)), w
-
-
-def _self_attention(
-    mha: MultiHeadAttention, x: Tensor, mask: Tensor | None, need_weights: bool, rope: bool, is_causal: bool = False
-) -> tuple[Tensor, Tensor | None]:
-    """Self-attention of ``x`` ``(B, L, E)``; with ``rope`` queries and keys are rotated by position."""
-    if not rope:  # exactly the package's module
-        return mha(x, x, x, mask, need_weights=need_weights, average_attn_weights=False, is_causal=is_causal)
-    q, k, v = (_heads(mha, p, x) for p in (mha.q_proj, mha.k_proj, mha.v_proj))
-    return _attend(mha, apply_rope(q), apply_rope(k), v, mask, need_weights, is_causal)
-
-
-# --------------------------------------------------------------------------------------------
 # Layers
 # --------------------------------------------------------------------------------------------
 
@@ -171,7 +137,27 @@ class _FeedForward(nn.Module):
         return self.w2(self.dropout(self.act(self.w1(x))))
 
 
-class EncoderLayer(nn.Module):
+class _ResidualLayer(nn.Module):
+    """What encoder and decoder layers share: the residual block around each sublayer."""
+
+    c: TransformerConfig
+    dropout: nn.Dropout
+
+    def _residual(self, x: Tensor, norm: nn.Module, sublayer: Callable[[Tensor], Any]) -> Any:
+        """Pre-norm ``x + sublayer(LN(x))`` or post-norm ``LN(x + sublayer(x))``. A sublayer that returns
+        ``(output, *extras)`` (attention: its weights, a cache) gives ``(x, *extras)``; one that returns a tensor, ``x``."""
+        if self.c.norm_first:  # pre-norm
+            out = sublayer(norm(x))
+            out, *extras = out if isinstance(out, tuple) else (out,)
+            x = x + self.dropout(out)
+        else:  # post-norm
+            out = sublayer(x)
+            out, *extras = out if isinstance(out, tuple) else (out,)
+            x = norm(x + self.dropout(out))
+        return (x, *extras) if extras else x
+
+
+class EncoderLayer(_ResidualLayer):
     """Self-attention then feed-forward, each in a residual block (pre- or post-norm).
 
     Shape:
@@ -182,37 +168,36 @@ class EncoderLayer(nn.Module):
     def __init__(self, c: TransformerConfig) -> None:
         super().__init__()
         self.c = c
-        self.self_attn = MultiHeadAttention(c.d_model, c.num_heads, dropout=c.attn_dropout)
+        self.self_attn = MultiHeadAttention(c.d_model, c.num_heads, dropout=c.attn_dropout, rope=c.positions == "rope")
         self.ff = _FeedForward(c)
         self.norm1, self.norm2 = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
         self.dropout = nn.Dropout(c.dropout)
 
     def forward(self, x: Tensor, mask: Tensor | None, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
-        rope = self.c.positions == "rope"
-        if self.c.norm_first:
-            a, w = _self_attention(self.self_attn, self.norm1(x), mask, need_weights, rope)
-            x = x + self.dropout(a)
-            return x + self.dropout(self.ff(self.norm2(x))), w
-        a, w = _self_attention(self.self_attn, x, mask, need_weights, rope)
-        x = self.norm1(x + self.dropout(a))
-        return self.norm2(x + self.dropout(self.ff(x))), w
+        attend = lambda h: self.self_attn(h, h, h, mask, need_weights, average_attn_weights=False)  # noqa: E731
+        x, w = self._residual(x, self.norm1, attend)  # (B, S, d), (B, H, S, S) or None
+        return self._residual(x, self.norm2, self.ff), w
 
 
-class DecoderLayer(nn.Module):
+class DecoderLayer(_ResidualLayer):
     """Causal self-attention, cross-attention to the encoder output, feed-forward; residual blocks.
 
-    ``forward`` runs teacher forcing over a whole target prefix; ``step`` runs one new position against a
-    key/value cache (see :class:`TransformerState`).
+    ``forward(x, memory, memory_mask, need_weights=False)`` runs teacher forcing over a whole target prefix
+    and returns ``(x, self weights, cross weights)``. With ``cross_kv`` (the source's keys and values,
+    projected once by :meth:`Transformer.encode`) it runs incrementally: ``x`` holds the new positions,
+    ``past`` the self-attention keys/values of the earlier ones (``None`` at the first step), and the
+    result has a fourth element, the grown cache (see :class:`TransformerState`). One forward, two uses.
 
     Shape:
         ``x`` ``(B, T, d_model)``, ``memory`` ``(B, S, d_model)``, ``memory_mask`` broadcastable to
-        ``(B, H, T, S)`` -> ``(x, self weights (B, H, T, T) or None, cross weights (B, H, T, S) or None)``.
+        ``(B, H, T, S)`` -> ``(x, self weights (B, H, T, T) or None, cross weights (B, H, T, S) or None)``
+        [, cache ``(B, H, t + T, Dh)`` x 2].
     """
 
     def __init__(self, c: TransformerConfig) -> None:
         super().__init__()
         self.c = c
-        self.self_attn = MultiHeadAttention(c.d_model, c.num_heads, dropout=c.attn_dropout)
+        self.self_attn = MultiHeadAttention(c.d_model, c.num_heads, dropout=c.attn_dropout, rope=c.positions == "rope")
         self.cross_attn = MultiHeadAttention(c.d_model, c.num_heads, dropout=c.attn_dropout)
         self.ff = _FeedForward(c)
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(c.d_model) for _ in range(3))
@@ -222,47 +207,23 @@ class DecoderLayer(nn.Module):
         return self.cross_attn(x, memory, memory, memory_mask, need_weights=need_weights, average_attn_weights=False)
 
     def forward(
-        self, x: Tensor, memory: Tensor, memory_mask: Tensor | None, need_weights: bool = False
-    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
-        rope = self.c.positions == "rope"
-        if self.c.norm_first:
-            a, ws = _self_attention(self.self_attn, self.norm1(x), None, need_weights, rope, is_causal=True)
-            x = x + self.dropout(a)
-            a, wc = self._cross(self.norm2(x), memory, memory_mask, need_weights)
-            x = x + self.dropout(a)
-            return x + self.dropout(self.ff(self.norm3(x))), ws, wc
-        a, ws = _self_attention(self.self_attn, x, None, need_weights, rope, is_causal=True)
-        x = self.norm1(x + self.dropout(a))
-        a, wc = self._cross(x, memory, memory_mask, need_weights)
-        x = self.norm2(x + self.dropout(a))
-        return self.norm3(x + self.dropout(self.ff(x))), ws, wc
+        self, x: Tensor, memory: Tensor, memory_mask: Tensor | None, need_weights: bool = False,
+        past: KVCache | None = None, cross_kv: KVCache | None = None,
+    ) -> tuple[Tensor, Tensor | None, Tensor | None] | tuple[Tensor, Tensor | None, Tensor | None, KVCache]:
+        cached = cross_kv is not None  # incremental decoding: x holds only the new positions
 
-    def step(
-        self, x: Tensor, cache: tuple[Tensor, Tensor] | None, cross_kv: tuple[Tensor, Tensor], memory_mask: Tensor,
-        position: int,
-    ) -> tuple[Tensor, tuple[Tensor, Tensor], Tensor]:
-        """One new position ``x`` ``(B, 1, d_model)``; ``cache`` = keys/values ``(B, H, t, Dh)`` of the
-        earlier positions (``None`` at the first step), ``cross_kv`` the source's projected keys/values.
+        def self_attention(h: Tensor) -> tuple[Any, ...]:  # causal; with a cache, after the earlier positions
+            return self.self_attn(h, h, h, None, need_weights, average_attn_weights=False, is_causal=True, past=past, use_cache=cached)
 
-        Returns ``(x (B, 1, d_model), new cache (B, H, t + 1, Dh) each, cross weights (B, H, 1, S))``.
-        """
-        rope = self.c.positions == "rope"
-        h = self.norm1(x) if self.c.norm_first else x
-        sa = self.self_attn
-        q, k, v = (_heads(sa, p, h) for p in (sa.q_proj, sa.k_proj, sa.v_proj))  # (B, H, 1, Dh)
-        if rope:
-            pos = torch.tensor([position], device=x.device)
-            q, k = apply_rope(q, pos), apply_rope(k, pos)
-        k, v = append_kv(cache, k, v)  # (B, H, t + 1, Dh)
-        a, _ = _attend(sa, q, k, v, None, need_weights=False)  # the new position may see every cached one
-        x = x + self.dropout(a) if self.c.norm_first else self.norm1(x + self.dropout(a))
-        h = self.norm2(x) if self.c.norm_first else x
-        ca = self.cross_attn
-        a, wc = _attend(ca, _heads(ca, ca.q_proj, h), cross_kv[0], cross_kv[1], memory_mask, need_weights=True)
-        x = x + self.dropout(a) if self.c.norm_first else self.norm2(x + self.dropout(a))
-        x = x + self.dropout(self.ff(self.norm3(x))) if self.c.norm_first else self.norm3(x + self.dropout(self.ff(x)))
-        assert wc is not None
-        return x, (k, v), wc
+        def cross_attention(h: Tensor) -> tuple[Tensor, Tensor | None]:
+            if cached:  # the source's keys/values, projected once by Transformer.encode (weights for the decoder)
+                return self.cross_attn(h, None, None, memory_mask, average_attn_weights=False, past=cross_kv)
+            return self._cross(h, memory, memory_mask, need_weights)
+
+        x, ws, *cache = self._residual(x, self.norm1, self_attention)  # (B, T, d), (B, H, T, t + T) or None[, cache]
+        x, wc = self._residual(x, self.norm2, cross_attention)  # (B, T, d), (B, H, T, S) or None
+        x = self._residual(x, self.norm3, self.ff)  # (B, T, d)
+        return (x, ws, wc, *cache) if cached else (x, ws, wc)
 
 
 # --------------------------------------------------------------------------------------------
@@ -277,15 +238,16 @@ class TransformerState:
     * ``memory`` ``(B, S, d_model)``: the encoder output; ``src_mask`` ``(B, S)`` bool, True = real token;
     * ``cross_kv``: per decoder layer, the source's keys and values ``(B, H, S, Dh)``, projected once;
     * ``cache``: per decoder layer, keys and values ``(B, H, t, Dh)`` of the ``t = step`` tokens fed so
-      far (``None`` before the first step), grown with :func:`~attn_tutorial.efficient.append_kv`;
+      far (``None`` before the first step), grown by the layers' self-attention
+      (:class:`~attn_tutorial.multihead.MultiHeadAttention` with ``use_cache=True``, :func:`~attn_tutorial.efficient.append_kv`);
     * ``prefix`` ``(B, t)``: the tokens fed so far, kept instead of the cache when the model's
       ``use_kv_cache`` is ``False`` (``None`` otherwise).
     """
 
     memory: Tensor
     src_mask: Tensor
-    cross_kv: list[tuple[Tensor, Tensor]]
-    cache: list[tuple[Tensor, Tensor] | None]
+    cross_kv: list[KVCache]
+    cache: list[KVCache | None]
     step: int = 0
     prefix: Tensor | None = None
 
@@ -363,10 +325,7 @@ class Transformer(nn.Module):
         self.src_embed = nn.Embedding(c.src_vocab_size, c.d_model, padding_idx=c.pad_id)
         self.tgt_embed = self.src_embed if c.share_embeddings else nn.Embedding(c.tgt_vocab, c.d_model, padding_idx=c.pad_id)
         for emb in {id(self.src_embed): self.src_embed, id(self.tgt_embed): self.tgt_embed}.values():
-            # std d^-1/2, so that sqrt(d) * embedding has unit-size entries and tied logits start O(1).
-            nn.init.normal_(emb.weight, std=c.d_model**-0.5)
-            with torch.no_grad():
-                emb.weight[c.pad_id].zero_()
+            _init_embedding(emb, c.pad_id)  # sqrt(d) * embedding has unit-size entries, tied logits start O(1)
         self.positions: nn.Module
         if c.positions == "sinusoidal":
             self.positions = SinusoidalPositionalEncoding(c.d_model, c.max_len)
@@ -391,23 +350,11 @@ class Transformer(nn.Module):
             x = self.positions(x, offset=offset)
         return self.dropout(x)
 
-    def _check(self, src: Tensor, src_mask: Tensor, name: str = "src") -> None:
-        if not isinstance(src, Tensor) or src.dim() != 2 or src.dtype != torch.long:
-            raise ValueError(f"{name} must be a (B, L) torch.long tensor of token ids, got {src!r:.80}")
-        if not isinstance(src_mask, Tensor) or src_mask.dtype != torch.bool or src_mask.shape != src.shape:
-            what = f"shape {tuple(src_mask.shape)} and dtype {src_mask.dtype}" if isinstance(src_mask, Tensor) else type(src_mask).__name__
-            raise ValueError(f"{name}_mask must be a bool tensor of shape {tuple(src.shape)} (as {name}), True = real token; got {what}")
-        vocab = self.config.src_vocab_size if name == "src" else self.config.tgt_vocab
-        if src.numel() and (int(src.min()) < 0 or int(src.max()) >= vocab):
-            raise ValueError(f"{name} holds ids in [{int(src.min())}, {int(src.max())}]; expected ids in [0, {vocab}) (vocabulary size)")
-        if src.shape[1] > self.config.max_len and self.config.positions == "learned":
-            raise ValueError(f"{name} has length {src.shape[1]} > max_len={self.config.max_len}: learned positions cannot go further")
-
-    def _pad_empty(self, src: Tensor, src_mask: Tensor) -> tuple[Tensor, Tensor]:
-        """A batch with no source column gets one padding column (masked: attention to it gives zeros)."""
-        if src.shape[1] == 0:
-            return src.new_full((src.shape[0], 1), self.config.pad_id), src_mask.new_zeros(src.shape[0], 1)
-        return src, src_mask
+    def _check(self, tokens: Tensor, mask: Tensor, name: str, vocab: int, batch: int | None = None) -> None:
+        check_tokens(name, tokens, vocab, batch)
+        check_token_mask(f"{name.removesuffix('_in')}_mask", mask, tokens, name)
+        if tokens.shape[1] > self.config.max_len and self.config.positions == "learned":
+            raise ValueError(f"{name} has length {tokens.shape[1]} > max_len={self.config.max_len}: learned positions cannot go further")
 
     def _encode(self, src: Tensor, src_mask: Tensor, need_weights: bool) -> tuple[Tensor, list[Tensor]]:
         x = self._embed(self.src_embed, src)
@@ -439,11 +386,9 @@ class Transformer(nn.Module):
             ``src``/``src_mask`` ``(B, S)``, ``tgt_in``/``tgt_mask`` ``(B, T)`` -> logits ``(B, T, V)``
             (``(N, V)`` with ``logits_mask``) [, :class:`AttentionMaps`].
         """
-        self._check(src, src_mask, "src")
-        self._check(tgt_in, tgt_mask, "tgt")
-        if tgt_in.shape[0] != src.shape[0]:
-            raise ValueError(f"tgt_in has shape {tuple(tgt_in.shape)}; expected batch size {src.shape[0]} (as src)")
-        src, src_mask = self._pad_empty(src, src_mask)
+        self._check(src, src_mask, "src", self.config.src_vocab_size)
+        self._check(tgt_in, tgt_mask, "tgt_in", self.config.tgt_vocab, batch=src.shape[0])
+        src, src_mask = pad_empty_source(src, src_mask, self.config.pad_id)
         maps = AttentionMaps()
         memory, maps.encoder_self = self._encode(src, src_mask, return_attention)
         x = self._embed(self.tgt_embed, tgt_in)
@@ -466,13 +411,10 @@ class Transformer(nn.Module):
         Shape:
             ``src`` ``(B, S)`` long, ``src_mask`` ``(B, S)`` bool -> a :class:`TransformerState` of batch ``B``.
         """
-        self._check(src, src_mask, "src")
-        src, src_mask = self._pad_empty(src, src_mask)
+        self._check(src, src_mask, "src", self.config.src_vocab_size)
+        src, src_mask = pad_empty_source(src, src_mask, self.config.pad_id)
         memory, _ = self._encode(src, src_mask, need_weights=False)
-        cross_kv = [
-            (_heads(l.cross_attn, l.cross_attn.k_proj, memory), _heads(l.cross_attn, l.cross_attn.v_proj, memory))
-            for l in self.decoder_layers
-        ]
+        cross_kv = [layer.cross_attn.project_kv(memory, memory) for layer in self.decoder_layers]  # (B, H, S, Dh) x 2
         return TransformerState(memory, src_mask, cross_kv, [None] * len(self.decoder_layers))
 
     def decode_step(self, state: TransformerState, prev_tokens: Tensor) -> tuple[Tensor, TransformerState, Tensor]:
@@ -482,8 +424,7 @@ class Transformer(nn.Module):
             ``prev_tokens`` ``(B,)`` long -> ``log_probs`` ``(B, V)``, new state, attention ``(B, S)``
             (last layer's cross-attention, mean over heads).
         """
-        if not isinstance(prev_tokens, Tensor) or prev_tokens.shape != (state.batch_size,) or prev_tokens.dtype != torch.long:
-            raise ValueError(f"prev_tokens must be a ({state.batch_size},) torch.long tensor, got {prev_tokens!r:.80}")
+        check_prev_tokens(prev_tokens, state.batch_size)
         if self.config.positions == "learned" and state.step >= self.config.max_len:
             raise ValueError(f"decoding step {state.step} >= max_len={self.config.max_len}: learned positions cannot go further")
         if not self.use_kv_cache:
@@ -492,7 +433,7 @@ class Transformer(nn.Module):
         memory_mask = state.src_mask[:, None, None, :]
         cache, wc = [], None
         for layer, kv, past in zip(self.decoder_layers, state.cross_kv, state.cache):
-            x, new, wc = layer.step(x, past, kv, memory_mask, state.step)
+            x, _, wc, new = layer(x, state.memory, memory_mask, past=past, cross_kv=kv)  # the layer's forward, cached
             cache.append(new)
         logits = self.generator(self.decoder_norm(x[:, 0]))  # (B, V)
         attn = wc.mean(1)[:, 0] if wc is not None else state.src_mask.new_zeros(state.src_mask.shape, dtype=logits.dtype)
@@ -526,4 +467,4 @@ class Transformer(nn.Module):
 
     def num_parameters(self) -> int:
         """Number of distinct trainable parameters (tied weights counted once)."""
-        return sum(p.numel() for p in self.parameters() if p.requires_grad)
+        return num_parameters(self)

@@ -576,3 +576,44 @@ def test_select_positions_keeps_masked_rows_in_row_major_order() -> None:
         attention_module.select_positions(x, positions[:, :2], like)
     with pytest.raises(ValueError, match=r"positions must be a bool tensor.*torch.int64"):
         attention_module.select_positions(x, positions.long(), like, name="positions")
+
+
+# ---- no device-to-host sync on the hot path (issue 16) -------------------------------------------
+
+
+class _CountHostReads(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the operations that read a tensor's value back to Python (``bool(t)``, ``t.item()``,
+    ``int(t)``): on a GPU each one waits for the device."""
+
+    READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.is_nonzero.default, torch.ops.aten.equal.default}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+        self.reads += func in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+def test_masked_softmax_and_attention_never_read_back_from_the_device() -> None:
+    from attn_tutorial.multihead import MultiHeadAttention
+
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randn(2, 3, 4, 5, generator=g)
+    scores[0, 0, 0, 1] = float("inf")  # the edge cases are handled on the device too
+    mask = torch.rand(2, 1, 4, 5, generator=g) > 0.3
+    mask[0, 0, 0, 1] = True
+    mask[1, 0, 2] = False  # a fully masked row
+    q, k, v = (torch.randn(2, 3, 4, 8, generator=g, requires_grad=True) for _ in range(3))
+    mha = MultiHeadAttention(8, 2)
+    x = torch.randn(2, 4, 8, generator=g)
+    with _CountHostReads() as counter:
+        weights = masked_softmax(scores, mask)
+        out, _ = scaled_dot_product_attention(q, k, v, mask[..., :4], is_causal=True)
+        out.sum().backward()
+        mha(x, x, x, mask[:, :, :, :4], average_attn_weights=False)
+        out, _, cache = mha(x, x, x, is_causal=True, use_cache=True)
+        mha(x[:, :1], x[:, :1], x[:, :1], is_causal=True, past=cache, use_cache=True)
+    assert counter.reads == 0
+    assert torch.equal(weights[1, 0, 2], torch.zeros(5)) and weights[0, 0, 0, 1] == 1.0

@@ -245,10 +245,10 @@ def test_gqa_conversion_mean_pools_key_value_heads() -> None:
         assert gqa.k_proj.weight.shape == (Hkv * 4, 24) and gqa.num_kv_heads == Hkv
         x = torch.randn(2, 5, 24, dtype=torch.float64)
         k, v = gqa.project_kv(x, x)  # (B, Hkv, L, Dh)
-        k_all = mha._split_heads(mha.k_proj(x))  # (B, 6, L, Dh): keys are linear, so pooling weights = pooling keys
+        k_all = mha.split_heads(mha.k_proj(x))  # (B, 6, L, Dh): keys are linear, so pooling weights = pooling keys
         torch.testing.assert_close(k, k_all.view(2, Hkv, 6 // Hkv, 5, 4).mean(2), **F64)
         # Query head h attends with kv head h // (H / Hkv): the explicit grouped computation.
-        q = mha._split_heads(mha.q_proj(x))
+        q = mha.split_heads(mha.q_proj(x))
         out = scaled_dot_product_attention(q, repeat_kv(k, 6 // Hkv), repeat_kv(v, 6 // Hkv))[0]
         torch.testing.assert_close(gqa(x, x, x)[0], mha.out_proj(out.transpose(1, 2).reshape(2, 5, 24)), **F64)
     with pytest.raises(ValueError, match="num_kv_heads"):

@@ -216,3 +216,59 @@ def test_num_parameters_matches_torch():
     frozen = MultiHeadAttention(8, 2)
     frozen.q_proj.requires_grad_(False)
     assert num_parameters(frozen) == num_parameters(frozen, trainable_only=False) - (64 + 8)
+
+
+# ---- the public steps and the key/value cache (issue 16) ---------------------------------------
+
+
+def _mha(rope: bool = False, seed: int = 0, **kw) -> MultiHeadAttention:
+    torch.manual_seed(seed)
+    mha = MultiHeadAttention(8, 2, rope=rope, **kw).double().eval()
+    with torch.no_grad():
+        for p in mha.parameters():
+            if p.dim() == 1:
+                p.normal_()  # non-zero biases
+    return mha
+
+
+def test_project_then_attend_is_forward_and_split_merge_are_inverse() -> None:
+    mha = _mha()
+    x, memory = randn(2, 5, 8), randn(2, 7, 8, seed=1)
+    mask = randn(2, 1, 5, 7, seed=2) > -0.5
+    q, k, v = mha.project(x, memory, memory)
+    assert q.shape == (2, 2, 5, 4) and k.shape == v.shape == (2, 2, 7, 4)  # (B, H, L, Dh)
+    out, w = mha.attend(q, k, v, mask[:, :, :, :])
+    ref_out, ref_w = mha(x, memory, memory, mask, average_attn_weights=False)
+    assert torch.equal(out, ref_out) and torch.equal(w, ref_w)
+    assert torch.equal(mha.merge_heads(mha.split_heads(x)), x)
+    assert mha._split_heads(x).shape == (2, 2, 5, 4)  # the old private name still works
+
+
+@pytest.mark.parametrize("rope", [False, True])
+@pytest.mark.parametrize("need_weights", [True, False])
+@pytest.mark.parametrize("chunk", [1, 2])
+def test_kv_cache_steps_equal_full_causal_self_attention(rope: bool, need_weights: bool, chunk: int) -> None:
+    """Feeding positions ``chunk`` at a time against the cache = one causal pass over the sequence."""
+    mha = _mha(rope=rope)
+    x = randn(3, 6, 8)
+    full, _ = mha(x, x, x, is_causal=True, need_weights=need_weights)
+    past, outs = None, []
+    for t in range(0, 6, chunk):
+        new = x[:, t : t + chunk]
+        out, w, past = mha(new, new, new, need_weights=need_weights, is_causal=True, past=past, use_cache=True)
+        outs.append(out)
+        if need_weights:  # average over heads: (B, chunk, t + chunk), the future keys get zero weight
+            assert w.shape == (3, new.shape[1], t + new.shape[1])
+    torch.testing.assert_close(torch.cat(outs, 1), full, **TOL[torch.float64])
+    assert past[0].shape == past[1].shape == (3, 2, 6, 4)  # (B, H, L, Dh)
+
+
+def test_attending_to_a_cache_alone_is_cross_attention_to_its_source() -> None:
+    mha = _mha()
+    x, memory = randn(2, 3, 8), randn(2, 7, 8, seed=1)
+    mask = torch.ones(2, 1, 1, 7, dtype=torch.bool)
+    mask[1, ..., 5:] = False
+    kv = mha.project_kv(memory, memory)  # projected once, e.g. when a source is encoded
+    out, w = mha(x, None, None, mask, past=kv)
+    ref_out, ref_w = mha(x, memory, memory, mask)
+    assert torch.equal(out, ref_out) and torch.equal(w, ref_w)
