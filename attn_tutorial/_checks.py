@@ -262,14 +262,14 @@ def check_positive(name: str, value: Tensor) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _describe(t: object) -> str:
+def shape_and_dtype(t: object) -> str:
     return f"shape {tuple(t.shape)} and dtype {t.dtype}" if isinstance(t, Tensor) else type(t).__name__
 
 
 def check_tokens(name: str, tokens: object, vocab: int, batch: int | None = None) -> Tensor:
     """A ``(B, L)`` ``torch.long`` tensor of ids in ``[0, vocab)`` (with ``B == batch`` if given)."""
     if not isinstance(tokens, Tensor) or tokens.dim() != 2 or tokens.dtype != torch.long:
-        raise ValueError(f"{name} must be a (B, L) torch.long tensor of token ids, got {_describe(tokens)}")
+        raise ValueError(f"{name} must be a (B, L) torch.long tensor of token ids, got {shape_and_dtype(tokens)}")
     if batch is not None and tokens.shape[0] != batch:
         raise ValueError(f"{name} has shape {tuple(tokens.shape)}; expected batch size {batch} (as src)")
     if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
@@ -282,7 +282,7 @@ def check_token_mask(name: str, mask: object, like: Tensor, like_name: str, left
     ``left_aligned``: the real tokens must come first in each row (padding at the end)."""
     if not isinstance(mask, Tensor) or mask.dtype != torch.bool or mask.shape != like.shape:
         raise ValueError(
-            f"{name} must be a boolean tensor of shape {tuple(like.shape)} (as {like_name}), True = real token; got {_describe(mask)}"
+            f"{name} must be a boolean tensor of shape {tuple(like.shape)} (as {like_name}), True = real token; got {shape_and_dtype(mask)}"
         )
     lengths = mask.sum(-1)
     if left_aligned and not torch.equal(mask, torch.arange(mask.shape[-1], device=mask.device) < lengths[:, None]):
@@ -296,7 +296,7 @@ def check_token_mask(name: str, mask: object, like: Tensor, like_name: str, left
 def check_prev_tokens(prev_tokens: object, batch: int) -> None:
     """The ``(B,)`` ``torch.long`` tokens a decoding step feeds."""
     if not isinstance(prev_tokens, Tensor) or prev_tokens.shape != (batch,) or prev_tokens.dtype != torch.long:
-        raise ValueError(f"prev_tokens must be a ({batch},) torch.long tensor, got {_describe(prev_tokens)}")
+        raise ValueError(f"prev_tokens must be a ({batch},) torch.long tensor, got {shape_and_dtype(prev_tokens)}")
 
 
 def pad_empty_source(src: Tensor, src_mask: Tensor, pad_id: int) -> tuple[Tensor, Tensor]:

@@ -224,7 +224,6 @@ class MultiHeadAttention(nn.Module):
         B, L, _ = x.shape
         return x.view(B, L, heads or self.num_heads, self.head_dim).transpose(1, 2)  # (B, heads, L, Dh)
 
-    _split_heads = split_heads  # the name chapters and notebooks written before issue 16 use
 
     def merge_heads(self, x: Tensor) -> Tensor:
         """``(B, H, L, Dh)`` -> ``(B, L, H * Dh)``, the inverse of :meth:`split_heads`."""
