@@ -153,7 +153,7 @@ DATE_DECODERS: dict[str, tuple[str, dict]] = {
     "transformer": ("transformer", dict(d_model=56, num_heads=4, num_encoder_layers=2, num_decoder_layers=2,
                                         d_ff=96, dropout=0.0, max_len=128)),
 }
-DATE_LRS = (1e-3, 3e-3, 1e-2)
+DATE_LRS = (1e-3, 3e-3, 1e-2, 3e-2)  # 3e-2 added after the best of the first three was 1e-2 for every decoder
 DATE_SEEDS = (0, 1, 2)
 DATE_STEPS = 400
 DATE_BUCKETS = ((6, 10), (11, 15), (16, 20), (21, 25), (26, 40))  # input length in characters
