@@ -120,7 +120,10 @@ def attention_table(args: argparse.Namespace) -> list[dict]:
                 continue
             rows.append(_subprocess_measure(method, n, args))
             r = rows[-1]
-            mib = r.get("peak_extra_bytes", 0) / 2**20
+            if "error" in r:  # e.g. out of memory: say so, never print a zero that was not measured
+                print(f"  measured {method:5s} L={n:6d}: FAILED ({r['error']})", flush=True)
+                continue
+            mib = r["peak_extra_bytes"] / 2**20
             print(f"  measured {method:5s} L={n:6d}: peak extra {mib:9.1f} MiB" + (f", {r['seconds'] * 1e3:9.1f} ms" if r.get("seconds") else ""), flush=True)
     return rows
 
