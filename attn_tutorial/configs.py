@@ -72,13 +72,13 @@ MODEL_KINDS: dict[str, tuple[type, Callable[[Any], nn.Module]]] = {
 }
 
 
-#: The learning-rate schedules :func:`lr_at` knows (all after a linear warmup).
+#: The learning-rate schedules :func:`~attn_tutorial.train.lr_at` knows (all after a linear warmup).
 SCHEDULES = ("constant", "inverse_sqrt", "cosine", "linear")
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """Everything :func:`fit` needs to know, validated on construction.
+    """Everything :func:`~attn_tutorial.train.fit` needs to know, validated on construction.
 
     Frozen: make variants with ``dataclasses.replace(config, lr=3e-4)`` (which validates again).
     Every invalid value raises ``ValueError`` naming the field and the value.
@@ -92,7 +92,7 @@ class TrainConfig:
         weight_decay: AdamW's decoupled weight decay, applied to matrices only (parameters with two
             or more dimensions); biases and normalisation gains are not decayed.
         warmup_steps: the learning rate rises linearly from ``lr / warmup_steps`` to ``lr`` over these steps.
-        schedule: what happens after the warmup, one of :data:`SCHEDULES` (see :func:`lr_at`).
+        schedule: what happens after the warmup, one of :data:`SCHEDULES` (see :func:`~attn_tutorial.train.lr_at`).
         min_lr: the floor of the decaying schedules (``cosine``, ``linear``, ``inverse_sqrt``).
         grad_clip: clip the global gradient 2-norm to this value (``None``: no clipping; the norm is
             recorded either way, before clipping).

@@ -32,7 +32,7 @@ def init_distributed(device: str | torch.device | None = None) -> torch.device:
     joins them into one process group: backend NCCL with process ``LOCAL_RANK`` on GPU
     ``cuda:LOCAL_RANK``, or gloo on the CPU. ``device``: ``None`` (CUDA when available, else the
     CPU), ``"cuda"`` (a GPU index in it is ignored: each process takes its local rank's) or
-    ``"cpu"``. If the group already exists only the device is returned. Afterwards :func:`fit`
+    ``"cpu"``. If the group already exists only the device is returned. Afterwards :func:`~attn_tutorial.train.fit`
     trains with :class:`~torch.nn.parallel.DistributedDataParallel`; the attn-tutorial CLI calls
     this itself when ``WORLD_SIZE`` is above 1.
     """
@@ -68,7 +68,7 @@ def init_distributed(device: str | torch.device | None = None) -> torch.device:
 
 @dataclass(frozen=True)
 class ProcessGroup:
-    """The process group :func:`fit` trains in (``None`` from :meth:`current` when there is none)."""
+    """The process group :func:`~attn_tutorial.train.fit` trains in (``None`` from :meth:`current` when there is none)."""
 
     rank: int
     world_size: int

@@ -308,8 +308,8 @@ class GroupedQueryAttention(MultiHeadAttention):
     It *is* a :class:`~attn_tutorial.multihead.MultiHeadAttention` with ``num_kv_heads`` key/value heads
     (only the initialisation differs: PyTorch's default for ``nn.Linear``), so it has the same ``forward``
     (``mask`` boolean, ``True`` = may attend, broadcastable to ``(B, H, Lq, Lk)``; a 3-D mask is
-    ``(B, Lq, Lk)``; ``past=``/``use_cache=`` for a key/value cache) and the same steps: :meth:`project_kv`
-    gives the keys/values a cache stores (``H_kv`` heads) and :meth:`attend` attends to them, each key/value
+    ``(B, Lq, Lk)``; ``past=``/``use_cache=`` for a key/value cache) and the same steps: :meth:`~attn_tutorial.multihead.MultiHeadAttention.project_kv`
+    gives the keys/values a cache stores (``H_kv`` heads) and :meth:`~attn_tutorial.multihead.MultiHeadAttention.attend` attends to them, each key/value
     head serving a group of query heads (:func:`repeat_kv`).
 
     Shape:

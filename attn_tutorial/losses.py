@@ -82,7 +82,7 @@ def label_smoothed_cross_entropy(
 
 
 def token_cross_entropy(model: nn.Module, batch: Any, smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
-    """The default loss of :func:`fit`: label-smoothed cross-entropy per real target token.
+    """The default loss of :func:`~attn_tutorial.train.fit`: label-smoothed cross-entropy per real target token.
 
     Runs ``model(batch.src, batch.src_mask, batch.tgt_in, batch.tgt_mask)`` (masks: bool, ``True`` =
     real token) and compares the logits with ``batch.tgt_out`` where ``batch.tgt_mask`` is ``True``.
@@ -137,7 +137,7 @@ def evaluate_loss(
     and restores the model's previous mode.
 
     Shape:
-        batches as in :func:`fit`; returns a Python float.
+        batches as in :func:`~attn_tutorial.train.fit`; returns a Python float.
     """
     loss_fn = loss_fn or functools.partial(token_cross_entropy, smoothing=0.0)
     if device is None:

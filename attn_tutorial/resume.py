@@ -3,7 +3,7 @@
 :class:`TrainingState` holds it as tensors (optimizer moments, RNG states, the best weights so far)
 and JSON scalars (hyper-parameters, schedule step, data position, early-stopping counters); the
 helpers here turn the optimizer and the random generators (Python, NumPy, torch CPU/CUDA/MPS) into
-that form and back. :class:`Interrupts` holds SIGINT/SIGTERM until a step is complete, so the
+that form and back. ``Interrupts`` holds SIGINT/SIGTERM until a step is complete, so the
 checkpoint written on an interrupt is one that resumes exactly. Used by :func:`~attn_tutorial.train.fit`.
 """
 
@@ -32,7 +32,7 @@ class TrainingState:
 
     ``tensors`` (optimizer moments and step counts, RNG states, the best weights so far) go to a
     safetensors file; ``scalars`` (optimizer hyper-parameters, scheduler step, data position, early
-    stopping counters, gradient scaler) to the JSON sidecar. :func:`fit` fills and reads it.
+    stopping counters, gradient scaler) to the JSON sidecar. :func:`~attn_tutorial.train.fit` fills and reads it.
     """
 
     tensors: dict[str, Tensor]
@@ -115,7 +115,7 @@ def load_optimizer_state(
 
 
 class Interrupts:
-    """SIGINT and SIGTERM during :func:`fit`, held until the current step is complete.
+    """SIGINT and SIGTERM during :func:`~attn_tutorial.train.fit`, held until the current step is complete.
 
     Installed (main thread only, and only over the default handlers) for the duration of the loop:
     a signal sets ``pending`` and :meth:`settle`, called where the training state is consistent,

@@ -202,6 +202,13 @@ def _resolve_recipe(request: TrainRequest, device: torch.device, out: Path) -> R
 
 
 def train_recipe(request: TrainRequest) -> Path:
+    """Train the recipe ``request`` names and write its model directory; returns the directory.
+
+    In one process, or in every process of a ``torchrun`` group (``WORLD_SIZE`` above 1), which it joins
+    and leaves. Mistakes a user can fix (an unknown recipe, a bad override, an output directory that
+    already holds a run, missing data) raise :class:`~attn_tutorial.errors.UserError` before anything is
+    written.
+    """
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if world_size < 2:
         return _train_checked(request, user_device(request.device), world_size=1)

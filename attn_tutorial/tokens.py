@@ -56,7 +56,7 @@ SPECIAL_TOKENS: tuple[str, ...] = (PAD_TOKEN, BOS_TOKEN, EOS_TOKEN, UNK_TOKEN)
 
 @runtime_checkable
 class TextTokenizer(Protocol):
-    """What :class:`BatchIterator` needs from a tokenizer (:class:`CharVocab` and
+    """What :class:`~attn_tutorial.batching.BatchIterator` needs from a tokenizer (:class:`CharVocab` and
     :class:`SubwordTokenizer` both qualify): ids never include BOS/EOS, ``decode`` stops at EOS."""
 
     @property

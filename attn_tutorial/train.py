@@ -511,7 +511,7 @@ def fit(
     """Train ``model`` on ``train_batches`` as ``config`` says; returns the :class:`History`.
 
     Each batch is one optimizer step: forward (under autocast with mixed precision), the loss
-    (``loss_fn(model, batch)``, default :func:`token_cross_entropy` with label smoothing; validation
+    (``loss_fn(model, batch)``, default :func:`~attn_tutorial.losses.token_cross_entropy` with label smoothing; validation
     uses the plain cross-entropy), backward, gradient clipping (the norm before clipping is recorded),
     AdamW with the learning rate of :func:`lr_at`. Validation every ``config.eval_every`` steps or at
     each epoch's end; early stopping ends with the best weights. A fresh run calls
