@@ -42,7 +42,7 @@ _EXPORTS: dict[str, tuple[str, ...]] = {
     "pretrained": ("MODEL_FILE", "TOKENIZER_FILE", "CARD_FILE", "pretrained_root", "list_pretrained", "resolve_model_dir", "save_tokenizer", "load_tokenizer", "read_card", "load_pretrained", "translate_sentences", "DEFAULT_LENGTH_PENALTY_ALPHA", "card_length_penalty", "MODEL_FORMAT_VERSION", "model_position_limit", "split_for_model",),
     "run": ("TrainRequest", "train_recipe", "load_split", "SHIP_MAX_BYTES",),
     "metrics": ("BLEUScore", "corpus_bleu", "bleu_signature", "LengthBucket", "bleu_by_length", "length_buckets", "SystemBootstrap", "PairedBootstrap", "paired_bootstrap",),
-    "cards": ("CardSummary", "card_summary", "describe_card", "results_table", "load_test_outputs", "load_experiment", "OUTPUTS_DIR", "TEST_SPLITS",),
+    "cards": ("CardSummary", "card_summary", "describe_card", "results_table", "load_test_outputs", "load_experiment", "OUTPUTS_DIR", "TEST_SPLITS", "COMPARISON_ALPHA",),
     "kernel_regression": ("KERNELS", "gaussian_kernel", "boxcar_kernel", "epanechnikov_kernel", "target_function", "make_regression_data", "nadaraya_watson", "average_pooling", "leave_one_out_mask", "NadarayaWatson", "FitHistory", "fit_bandwidth",),
     "numpy_ref": ("np_softmax", "np_masked_softmax", "np_scaled_dot_product_attention", "np_multi_head_attention", "np_tiled_attention",),
     "plotting": ("to_numpy", "plot_attention_heatmap", "plot_kernel_regression", "plot_weights_over_keys", "plot_loss_curve", "plot_mask", "plot_scaling", "plot_qkv_sources", "plot_attention_heads", "plot_positional_encoding", "plot_metric_vs_length",),

@@ -35,6 +35,7 @@ __all__ = [
     "load_experiment",
     "OUTPUTS_DIR",
     "TEST_SPLITS",
+    "COMPARISON_ALPHA",
 ]
 
 #: Folder of a shipped model that holds its test-set translations, one file per split and decoding.
@@ -42,6 +43,11 @@ OUTPUTS_DIR = "outputs"
 #: The test sets every shipped card reports.
 TEST_SPLITS: tuple[str, ...] = ("test_2016_flickr", "test_2017_flickr")
 _DECODINGS = ("greedy", "beam5")
+#: The beam length penalty under which models are compared with the same search: Vaswani et al.'s
+#: value, and what the GRUs' validation search chose. A model whose card chose another alpha also
+#: stores its beam-5 test outputs at this one (``SPLIT.beam5-alpha0.6.txt``), with their BLEU under
+#: ``card["eval"]["comparison"]``.
+COMPARISON_ALPHA = 0.6
 
 
 @dataclass(frozen=True)
@@ -164,9 +170,15 @@ def results_table(names: Sequence[str], splits: Sequence[str] = TEST_SPLITS) -> 
     return "\n".join(lines)
 
 
-def load_test_outputs(name: str, split: str = "test_2016_flickr", decoding: str = "greedy") -> list[str]:
+def load_test_outputs(name: str, split: str = "test_2016_flickr", decoding: str = "greedy",
+                      length_penalty_alpha: float | None = None) -> list[str]:
     """The translations of ``split`` behind the card's BLEU (``decoding``: ``"greedy"`` or ``"beam5"``,
     beam search with the card's length penalty), one detokenised string per source sentence.
+
+    ``length_penalty_alpha`` (beam 5 only): ``None`` or the card's own alpha for the outputs behind the
+    card's beam-5 BLEU; :data:`COMPARISON_ALPHA` for beam 5 at that alpha, which every shipped model
+    has (stored separately where the card chose another alpha), so that models can be compared under
+    the same search.
 
     ``scripts/ship_model.py`` writes them when it scores a model; ``tests/test_shipped_models.py``
     checks that they give the card's BLEU and that decoding again reproduces them.
@@ -175,7 +187,18 @@ def load_test_outputs(name: str, split: str = "test_2016_flickr", decoding: str 
         raise ValueError(f"split must be one of {TEST_SPLITS}, got {split!r}")
     if decoding not in _DECODINGS:
         raise ValueError(f"decoding must be one of {_DECODINGS}, got {decoding!r}")
-    path = resolve_model_dir(name) / OUTPUTS_DIR / f"{split}.{decoding}.txt"
+    model_dir = resolve_model_dir(name)
+    label = decoding
+    if length_penalty_alpha is not None:
+        if decoding != "beam5":
+            raise ValueError(f"length_penalty_alpha applies to decoding='beam5' only, got decoding={decoding!r}")
+        own = card_length_penalty(json.loads((model_dir / CARD_FILE).read_text(encoding="utf-8")))
+        if length_penalty_alpha != own:
+            if length_penalty_alpha != COMPARISON_ALPHA:
+                raise ValueError(f"length_penalty_alpha must be None or {own} (the card's) or {COMPARISON_ALPHA} "
+                                 f"(stored for comparisons), got {length_penalty_alpha!r}")
+            label = f"beam5-alpha{COMPARISON_ALPHA}"
+    path = model_dir / OUTPUTS_DIR / f"{split}.{label}.txt"
     if not path.is_file():
         raise FileNotFoundError(f"{path} does not exist: this model's test outputs were not stored; "
                                 f"run `python scripts/ship_model.py --name {name} --reevaluate` to write them")

@@ -55,7 +55,8 @@ class DecoderState(Protocol):
     """Whatever a model carries between decoder steps; the search only ever reorders it."""
 
     def reorder(self, indices: Tensor) -> DecoderState:
-        """Row ``i`` of the result is row ``indices[i]`` of ``self`` (select, repeat or permute beams)."""
+        """Row ``i`` of the result is row ``indices[i]`` of ``self`` (select, repeat or permute beams; the
+        searches also drop the rows of finished sentences, so ``indices`` may be shorter than the batch)."""
         ...
 
 
@@ -192,7 +193,8 @@ def greedy_decode(
     """Greedy decoding: at every step take the most probable next token, :math:`y_t = \\arg\\max_y p(y \\mid y_{<t}, x)`.
 
     Batched: all sentences advance together; a sentence stops at EOS or at its length limit
-    :func:`decode_length_limits` (``max_len_a * S_i + max_len_b``, capped by ``max_len``). ``src_mask``
+    :func:`decode_length_limits` (``max_len_a * S_i + max_len_b``, capped by ``max_len``) and then
+    leaves the batch, so later steps only compute the sentences still decoding. ``src_mask``
     is boolean, ``True`` = real token. Conventions: see the module docstring.
 
     Shape:
@@ -208,26 +210,29 @@ def greedy_decode(
     log_prob = torch.zeros(B, dtype=torch.float64, device=src.device)
     n_steps = torch.zeros(B, dtype=torch.long, device=src.device)
     finished = torch.zeros(B, dtype=torch.bool, device=src.device)
-    alive = limits > 0
+    ids = torch.nonzero(limits > 0).flatten()  # (A,) original index of each sentence still decoding
     with _eval_mode(model):
         state = model.encode(src, src_mask)
-        prev = torch.full((B,), bos_id, dtype=torch.long, device=src.device)
+        if len(ids) < B:  # empty sources take no step
+            state = state.reorder(ids)
+        prev = torch.full((len(ids),), bos_id, dtype=torch.long, device=src.device)
         for t in range(max_steps):
-            if not bool(alive.any()):
+            if not len(ids):
                 break
-            log_probs, state, attn = model.decode_step(state, prev)  # (B, V), state, (B, S') or None
-            best = log_probs.argmax(-1)  # (B,)
-            chosen_lp = log_probs.gather(1, best[:, None]).squeeze(1).double()
-            log_prob += torch.where(alive, chosen_lp, torch.zeros_like(chosen_lp))
-            tokens[:, t] = best
+            log_probs, state, attn = model.decode_step(state, prev)  # (A, V), state, (A, S') or None
+            best = log_probs.argmax(-1)  # (A,)
+            log_prob[ids] += log_probs.gather(1, best[:, None]).squeeze(1).double()
+            tokens[ids, t] = best
             if attn is not None:
                 if attn_history is None:
                     attn_history = torch.zeros(B, max_steps, attn.shape[-1], dtype=torch.float64, device=src.device)
-                attn_history[:, t] = attn
-            n_steps += alive.long()
+                attn_history[ids, t] = attn.to(torch.float64)
+            n_steps[ids] += 1
             is_eos = best == eos_id
-            finished |= alive & is_eos
-            alive = alive & ~is_eos & (t + 1 < limits)
+            finished[ids] = is_eos
+            going = ~is_eos & (t + 1 < limits[ids])  # (A,)
+            if not bool(going.all()):  # a finished sentence leaves the batch
+                state, ids, best = state.reorder(torch.nonzero(going).flatten()), ids[going], best[going]
             prev = best
     n_tokens = (n_steps - finished.long()).tolist()  # the EOS step is not returned
     out_tokens = [tokens[i, :n].tolist() for i, n in enumerate(n_tokens)]
@@ -262,7 +267,10 @@ def beam_search(
     A sentence stops when no live prefix can still beat its best finished hypothesis: log-probabilities
     only fall as a prefix grows and :math:`lp` is largest at the length limit :math:`L_i`, so
     :math:`\\log p(y_{\\le t}) / lp(L_i)` bounds every completion. At :math:`L_i` the live prefixes compete
-    as unfinished hypotheses. With ``beam_size=1`` and ``alpha=0`` this is exactly greedy decoding.
+    as unfinished hypotheses. A sentence that is done leaves the batch (its rows are dropped from the
+    model's state), so the cost of a step follows the sentences still searching: with a length
+    penalty that rewards length (``alpha > 1``) most sentences search to their own limit, and a long
+    one no longer keeps the whole batch running. With ``beam_size=1`` and ``alpha=0`` this is exactly greedy decoding.
     ``src_mask`` is boolean, ``True`` = real token. Other conventions: see the module docstring.
 
     Shape:
@@ -282,76 +290,84 @@ def beam_search(
     lp_at_limit = length_penalty(limits.clamp(min=1), length_penalty_alpha, length_penalty_kind).to(device)  # (B,)
 
     # The best hypothesis found so far for each sentence (an empty source's empty output is final at once).
-    best_score = torch.where(limits > 0, float("-inf"), 0.0).to(torch.float64).tolist()
+    best_score = torch.where(limits > 0, float("-inf"), 0.0).to(torch.float64)  # (B,)
     best: list[tuple[Tensor, Tensor | None, float, bool]] = [
         (torch.zeros(0, dtype=torch.long), None, 0.0, False) for _ in range(B)
     ]
-    done = limits == 0  # (B,)
 
+    # Sentences still searching ("active"), A of them; a sentence leaves the batch as soon as it is done,
+    # so the work per step follows the sentences still searching, not the longest one in the batch.
+    ids = torch.nonzero(limits > 0).flatten()  # (A,) original index of each active sentence
+    lim, lp_lim = limits[ids], lp_at_limit[ids]  # (A,)
     with _eval_mode(model):
-        state = model.encode(src, src_mask).reorder(torch.arange(B, device=device).repeat_interleave(K))  # B*K rows
-        beam_scores = torch.full((B, K), float("-inf"), dtype=torch.float64, device=device)
+        state = model.encode(src, src_mask).reorder(ids.repeat_interleave(K))  # A*K rows
+        beam_scores = torch.full((len(ids), K), float("-inf"), dtype=torch.float64, device=device)
         beam_scores[:, 0] = 0.0  # one live prefix (BOS) per sentence at the start
-        history = torch.zeros(B * K, 0, dtype=torch.long, device=device)  # (B*K, t) tokens of each live prefix
-        attn_history: Tensor | None = None  # (B*K, t, S)
-        prev = torch.full((B * K,), bos_id, dtype=torch.long, device=device)
+        history = torch.zeros(len(ids) * K, 0, dtype=torch.long, device=device)  # (A*K, t) tokens of each live prefix
+        attn_history: Tensor | None = None  # (A*K, t, S)
+        prev = torch.full((len(ids) * K,), bos_id, dtype=torch.long, device=device)
         rank = torch.arange(2 * K, device=device)
         steps_ran = False
-        for t in range(int(limits.max()) if B else 0):
-            if bool(done.all()):
-                break
-            log_probs, state, attn = model.decode_step(state, prev)  # (B*K, V), state, (B*K, S) or None
+        t = 0
+        while len(ids):
+            A = len(ids)
+            log_probs, state, attn = model.decode_step(state, prev)  # (A*K, V), state, (A*K, S) or None
             steps_ran = True
             V = log_probs.shape[-1]
             if attn is not None:
-                step_attn = attn.to(torch.float64)[:, None, :]  # (B*K, 1, S)
+                step_attn = attn.to(torch.float64)[:, None, :]  # (A*K, 1, S)
                 attn_history = step_attn if attn_history is None else torch.cat([attn_history, step_attn], 1)
-            cand = (beam_scores.reshape(B * K, 1) + log_probs.to(torch.float64)).view(B, K * V)  # (B, K*V)
+            cand = (beam_scores.reshape(A * K, 1) + log_probs.to(torch.float64)).view(A, K * V)  # (A, K*V)
             n_cand = min(2 * K, K * V)
-            top_scores, top_idx = cand.topk(n_cand, dim=-1)  # (B, 2K), sorted best first
-            parent = top_idx // V  # (B, 2K) beam index within the sentence
+            top_scores, top_idx = cand.topk(n_cand, dim=-1)  # (A, 2K), sorted best first
+            parent = top_idx // V  # (A, 2K) beam index within the sentence
             token = top_idx % V
-            rows = torch.arange(B, device=device)[:, None] * K + parent  # (B, 2K) row in the B*K batch
+            rows = torch.arange(A, device=device)[:, None] * K + parent  # (A, 2K) row in the A*K batch
 
             # 1. Candidates in the top k that end in EOS: finished hypotheses of length t + 1.
             is_eos = token == eos_id
             lp_now = float(length_penalty(t + 1, length_penalty_alpha, length_penalty_kind))
-            eligible = is_eos & (rank[:n_cand] < K) & ~done[:, None] & torch.isfinite(top_scores)
+            eligible = is_eos & (rank[:n_cand] < K) & torch.isfinite(top_scores)
             norm = torch.where(eligible, top_scores / lp_now, float("-inf"))
-            cand_best, j = norm.max(-1)  # (B,)
-            for i in torch.nonzero(cand_best > torch.tensor(best_score, dtype=torch.float64, device=device)).flatten().tolist():
-                r = int(rows[i, j[i]])
-                a = None if attn_history is None else attn_history[r, :t]
-                best[i] = (history[r], a, float(top_scores[i, j[i]]), True)
-                best_score[i] = float(cand_best[i])
+            cand_best, j = norm.max(-1)  # (A,)
+            for a in torch.nonzero(cand_best > best_score[ids]).flatten().tolist():
+                r, i = int(rows[a, j[a]]), int(ids[a])
+                h = None if attn_history is None else attn_history[r, :t]
+                best[i] = (history[r], h, float(top_scores[a, j[a]]), True)
+                best_score[i] = cand_best[a]
 
             # 2. The best k candidates that do not end in EOS stay alive, best first (ranks are distinct).
-            keep = torch.where(is_eos, rank[:n_cand] + 2 * K, rank[:n_cand]).argsort(-1)[:, :K]  # (B, K)
+            keep = torch.where(is_eos, rank[:n_cand] + 2 * K, rank[:n_cand]).argsort(-1)[:, :K]  # (A, K)
             beam_scores = top_scores.gather(1, keep)
             new_tokens = token.gather(1, keep)
-            select = rows.gather(1, keep).reshape(-1)  # (B*K,)
+            select = rows.gather(1, keep)  # (A, K) row of the A*K batch each new live prefix extends
+
+            # 3. At the length limit the live prefixes compete as unfinished hypotheses.
+            at_limit = lim == t + 1
+            if bool(at_limit.any()):
+                alive_norm = beam_scores / lp_now  # (A, K)
+                a_best, a_j = alive_norm.max(-1)
+                for a in torch.nonzero(at_limit).flatten().tolist():
+                    i = int(ids[a])
+                    if float(a_best[a]) > float(best_score[i]) or float(best_score[i]) == float("-inf"):
+                        r = int(select[a, a_j[a]])
+                        h = None if attn_history is None else attn_history[r]
+                        best[i] = (torch.cat([history[r], new_tokens[a, a_j[a], None]]), h, float(beam_scores[a, a_j[a]]), False)
+                        best_score[i] = a_best[a]
+
+            # 4. A sentence is done when no live prefix can beat its best finished hypothesis.
+            bound = (beam_scores / lp_lim[:, None]).max(-1).values  # (A,)
+            going = ~at_limit & (best_score[ids] < bound)  # (A,)
+
+            # 5. Only the sentences still going stay in the batch, with their k live prefixes.
+            select, new_tokens = select[going].reshape(-1), new_tokens[going].reshape(-1, 1)  # (A'*K,), (A'*K, 1)
             state = state.reorder(select)
-            history = torch.cat([history[select], new_tokens.reshape(-1, 1)], 1)  # (B*K, t+1)
+            history = torch.cat([history[select], new_tokens], 1)  # (A'*K, t+1)
             if attn_history is not None:
                 attn_history = attn_history[select]
             prev = new_tokens.reshape(-1)
-
-            # 3. At the length limit the live prefixes compete as unfinished hypotheses.
-            at_limit = (limits == t + 1) & ~done
-            if bool(at_limit.any()):
-                alive_norm = beam_scores / lp_now  # (B, K)
-                a_best, a_j = alive_norm.max(-1)
-                for i in torch.nonzero(at_limit).flatten().tolist():
-                    if float(a_best[i]) > best_score[i] or best_score[i] == float("-inf"):
-                        r = i * K + int(a_j[i])
-                        a = None if attn_history is None else attn_history[r]
-                        best[i] = (history[r], a, float(beam_scores[i, a_j[i]]), False)
-                        best_score[i] = float(a_best[i])
-                done |= at_limit
-
-            # 4. Stop a sentence when no live prefix can beat its best finished hypothesis.
-            bound = (beam_scores / lp_at_limit[:, None]).max(-1).values  # (B,)
-            done |= torch.tensor(best_score, dtype=torch.float64, device=device) >= bound
+            beam_scores, ids, lim, lp_lim = beam_scores[going], ids[going], lim[going], lp_lim[going]
+            t += 1
 
     out_tokens = [h[0].tolist() for h in best]
     if attn_history is None:
@@ -362,7 +378,7 @@ def beam_search(
             if h[1] is not None:
                 padded[i, : len(out_tokens[i])] = h[1].cpu()
         out_attn = _collect_attention(padded, [len(tk) for tk in out_tokens], src_len.cpu(), ran=True)
-    return DecodeResult(out_tokens, out_attn, [h[2] for h in best], best_score, [h[3] for h in best])
+    return DecodeResult(out_tokens, out_attn, [h[2] for h in best], best_score.tolist(), [h[3] for h in best])
 
 
 # --------------------------------------------------------------------------------------------

@@ -19,7 +19,9 @@
 
 Writes ``attn_tutorial/pretrained/NAME/`` (model.safetensors, tokenizer.json, card.json, and
 ``outputs/SPLIT.DECODING.txt``: the test translations behind every BLEU on the card, which the chapters
-use for bootstrap intervals; ``--reevaluate --keep-timings`` writes them for an already shipped model).
+use for bootstrap intervals, and, where the chosen alpha is not 0.6, ``SPLIT.beam5-alpha0.6.txt`` for
+comparisons under one search, their BLEU in ``card["eval"]["comparison"]``; ``--reevaluate
+--keep-timings`` writes them for an already shipped model).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from pathlib import Path
 
 import torch
 
-from attn_tutorial.cards import OUTPUTS_DIR
+from attn_tutorial.cards import COMPARISON_ALPHA, OUTPUTS_DIR
 from attn_tutorial.run import SHIP_MAX_BYTES
 from attn_tutorial.configs import DataSpec, Recipe, build_model
 from attn_tutorial import load_multi30k
@@ -110,9 +112,13 @@ def _candidate(run: Path, out: Path, n: int | None, every: int | None = None) ->
     return out
 
 
-def _evaluate(model_dir: Path, spec: DataSpec, alpha: float) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]]]:
+def _evaluate(model_dir: Path, spec: DataSpec, alpha: float) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict[str, object] | None]:
     """Test BLEU and decoding seconds of ``model_dir`` for every split and beam the card reports (beam
-    search with length penalty ``alpha``); the translations go to ``model_dir/outputs/``."""
+    search with length penalty ``alpha``); the translations go to ``model_dir/outputs/``.
+
+    Where ``alpha`` is not :data:`~attn_tutorial.cards.COMPARISON_ALPHA`, beam 5 at that alpha too
+    (``outputs/SPLIT.beam5-alpha0.6.txt``), so that the chapters compare models under one search
+    without decoding again; its BLEU is the third value returned (``None`` when not needed)."""
     results: dict[str, dict[str, float]] = {}
     seconds: dict[str, dict[str, float]] = {}
     outputs: dict[tuple[str, str], list[str]] = {}
@@ -122,8 +128,17 @@ def _evaluate(model_dir: Path, spec: DataSpec, alpha: float) -> tuple[dict[str, 
             results.setdefault(split, {})[label] = round(score, 2)
             seconds.setdefault(split, {})[label] = round(secs, 1)
             print(f"{split} {label}: BLEU {score:.2f} ({secs:.0f}s)", flush=True)
+    comparison: dict[str, object] | None = None
+    if alpha != COMPARISON_ALPHA:
+        scores: dict[str, dict[str, float]] = {}
+        for split in EVAL_SPLITS:
+            score, secs, outputs[split, f"beam5-alpha{COMPARISON_ALPHA}"] = _decode(model_dir, split, 5, spec, COMPARISON_ALPHA)
+            scores[split] = {"beam5": round(score, 2)}
+            print(f"{split} beam5 alpha {COMPARISON_ALPHA}: BLEU {score:.2f} ({secs:.0f}s)", flush=True)
+        comparison = {"length_penalty_alpha": COMPARISON_ALPHA, "test_bleu": scores,
+                      "outputs": f"{OUTPUTS_DIR}/SPLIT.beam5-alpha{COMPARISON_ALPHA}.txt"}
     _write_outputs(model_dir, outputs)
-    return results, seconds
+    return results, seconds, comparison
 
 
 def _eval_record(seconds: dict[str, dict[str, float]], alpha: float) -> dict[str, object]:
@@ -166,7 +181,7 @@ def reevaluate(name: str, alphas: list[float], beam: int, keep_timings: bool = F
     if len(alphas) > 1:
         alpha, alpha_scores = _select_alpha(model_dir, spec, alphas, beam)
         card.setdefault("selection", {})["length_penalty_alpha"] = {"candidates": alpha_scores, "chosen": alpha}
-    results, seconds = _evaluate(model_dir, spec, alpha)
+    results, seconds, comparison = _evaluate(model_dir, spec, alpha)
     for split, scores in results.items():
         for label, score in scores.items():
             if label == "greedy" or len(alphas) <= 1:
@@ -176,6 +191,9 @@ def reevaluate(name: str, alphas: list[float], beam: int, keep_timings: bool = F
         card["test_bleu"] = results
     if not keep_timings:
         card["eval"] = _eval_record(seconds, alpha)
+    card["eval"].pop("comparison", None)
+    if comparison is not None:
+        card["eval"]["comparison"] = comparison
     (model_dir / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")
     print(f"re-evaluated {model_dir}: {json.dumps(seconds)}" + (" (timings not stored)" if keep_timings else ""))
     return 0
@@ -239,7 +257,7 @@ def main(argv: list[str] | None = None) -> int:
         history = load_checkpoint(final, load_training_state=False).metadata.get("history") if final.is_dir() else None
         if history:  # the training curves, for the chapters' plots
             card["history"] = history
-        results, seconds = _evaluate(chosen, spec, alpha)
+        results, seconds, comparison = _evaluate(chosen, spec, alpha)
         card.update(
             {
                 "name": args.name,
@@ -251,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                     "length_penalty_alpha": {"candidates": alpha_scores, "chosen": alpha},
                 },
                 "test_bleu": results,
-                "eval": _eval_record(seconds, alpha),
+                "eval": _eval_record(seconds, alpha) | ({"comparison": comparison} if comparison else {}),
             }
         )
         (chosen / CARD_FILE).write_text(json.dumps(card, indent=1) + "\n")

@@ -61,6 +61,24 @@ def test_load_test_outputs_reads_one_line_per_sentence(tmp_path: Path) -> None:
         at.card_summary(42)  # type: ignore[arg-type]
 
 
+def test_load_test_outputs_at_the_comparison_alpha(tmp_path: Path) -> None:
+    d = _copy("gru-none", tmp_path)
+    card = json.loads((d / "card.json").read_text())
+    (d / OUTPUTS_DIR).mkdir(exist_ok=True)
+    (d / OUTPUTS_DIR / "test_2016_flickr.beam5.txt").write_text("own alpha\n", encoding="utf-8")
+    (d / OUTPUTS_DIR / "test_2016_flickr.beam5-alpha0.6.txt").write_text("comparison alpha\n", encoding="utf-8")
+    for own, at_comparison in ((0.6, ["own alpha"]), (1.5, ["comparison alpha"])):
+        card["eval"]["length_penalty_alpha"] = own
+        (d / "card.json").write_text(json.dumps(card))
+        assert at.load_test_outputs(str(d), "test_2016_flickr", "beam5", length_penalty_alpha=at.COMPARISON_ALPHA) == at_comparison
+        assert at.load_test_outputs(str(d), "test_2016_flickr", "beam5", length_penalty_alpha=own) == ["own alpha"]
+        assert at.load_test_outputs(str(d), "test_2016_flickr", "beam5") == ["own alpha"]
+    with pytest.raises(ValueError, match=r"length_penalty_alpha must be None or 1.5 \(the card's\) or 0.6"):
+        at.load_test_outputs(str(d), "test_2016_flickr", "beam5", length_penalty_alpha=1.0)
+    with pytest.raises(ValueError, match="applies to decoding='beam5' only"):
+        at.load_test_outputs(str(d), "test_2016_flickr", "greedy", length_penalty_alpha=0.6)
+
+
 def test_load_experiment_reads_json_lines_and_names_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from attn_tutorial import cards
 

@@ -254,6 +254,73 @@ def test_batched_equals_one_by_one(search: str) -> None:
         assert_same_results(single, alone, atol=1e-10)
 
 
+def _random_transformer(seed: int = 0):
+    from attn_tutorial.transformer import Transformer, TransformerConfig
+
+    torch.manual_seed(seed)
+    cfg = TransformerConfig(src_vocab_size=10, tgt_vocab_size=9, share_embeddings=False, tie_embeddings=False, d_model=8, num_heads=2, num_encoder_layers=1,
+                            num_decoder_layers=2, d_ff=16, dropout=0.0)
+    model = Transformer(cfg).double().eval()
+    with torch.no_grad():
+        model.generator.bias.copy_(0.3 * torch.randn(9, generator=torch.Generator().manual_seed(1), dtype=torch.float64))
+        model.generator.bias[EOS_ID] = 0.3
+    return model
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_transformer_batched_equals_one_by_one(search: str) -> None:
+    """The same with the Transformer, whose state is a key/value cache per layer: the searches drop the
+    rows of finished sentences from it, and the sentences still decoding must not notice."""
+    model = _random_transformer(seed=1)
+    lengths = [1, 7, 0, 3, 5, 2]
+    src, src_mask = source_batch(lengths, seed=4)
+
+    def run(s: torch.Tensor, m: torch.Tensor) -> DecodeResult:
+        if search == "greedy":
+            return greedy_decode(model, s, m, max_len_b=3)
+        return beam_search(model, s, m, beam_size=3, length_penalty_alpha=1.5, max_len_b=3)
+
+    batched = run(src, src_mask)
+    # The sentences really end at different steps, some at EOS and some at their length limit.
+    assert len({len(t) for t in batched.tokens}) > 2 and len(set(batched.finished)) == 2, (batched.tokens, batched.finished)
+    for i, n in enumerate(lengths):
+        alone = run(src[i : i + 1, :n], src_mask[i : i + 1, :n])
+        single = DecodeResult(
+            [batched.tokens[i]], None if batched.attention is None else [batched.attention[i]],
+            [batched.log_probs[i]], [batched.scores[i]], [batched.finished[i]],
+        )
+        assert_same_results(single, alone, atol=1e-10)
+
+
+class _CountingRows:
+    """Wraps a model and records how many rows each decoder step computes."""
+
+    def __init__(self, model: IncrementalDecoder) -> None:
+        self.model, self.rows = model, []
+
+    def encode(self, src: torch.Tensor, src_mask: torch.Tensor):
+        return self.model.encode(src, src_mask)
+
+    def decode_step(self, state, prev_tokens: torch.Tensor):
+        self.rows.append(len(prev_tokens))
+        return self.model.decode_step(state, prev_tokens)
+
+
+@pytest.mark.parametrize("search", ["greedy", "beam"])
+def test_finished_sentences_leave_the_batch(search: str) -> None:
+    # A table that never emits EOS: every sentence decodes to its own limit L_i = S_i + 1 (a = 1, b = 1).
+    never_stops = MarkovTableModel.from_transitions({BOS_ID: {A: 0.5, B: 0.5}, A: {A: 0.6, B: 0.4}, B: {A: 0.5, B: 0.5}}, V)
+    lengths = [1, 0, 3, 1]  # limits 2, 0, 4, 2
+    src, src_mask = torch.full((4, 3), 5) * padding_mask(lengths, 3), padding_mask(lengths, 3)
+    counting = _CountingRows(never_stops)
+    k = 1 if search == "greedy" else 2
+    result = (greedy_decode(counting, src, src_mask, max_len_a=1, max_len_b=1) if search == "greedy"
+              else beam_search(counting, src, src_mask, beam_size=k, max_len_a=1, max_len_b=1))
+    assert [len(t) for t in result.tokens] == [2, 0, 4, 2]
+    # Steps 1-2 compute the three non-empty sentences, steps 3-4 only the long one; the empty source none.
+    assert counting.rows == [3 * k, 3 * k, k, k], counting.rows
+
+
 # ---------------------------------------------------------------------------------- lengths and edge cases
 
 
