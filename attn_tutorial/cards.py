@@ -43,8 +43,8 @@ OUTPUTS_DIR = "outputs"
 #: The test sets every shipped card reports.
 TEST_SPLITS: tuple[str, ...] = ("test_2016_flickr", "test_2017_flickr")
 _DECODINGS = ("greedy", "beam5")
-#: The beam length penalty under which models are compared with the same search: Vaswani et al.'s
-#: value, and what the GRUs' validation search chose. A model whose card chose another alpha also
+#: The beam length penalty under which models are compared with the same search (Vaswani et al.'s
+#: value, and what the GRUs' validation search chose). A model whose card chose another alpha also
 #: stores its beam-5 test outputs at this one (``SPLIT.beam5-alpha0.6.txt``), with their BLEU under
 #: ``card["eval"]["comparison"]``.
 COMPARISON_ALPHA = 0.6
