@@ -635,6 +635,17 @@ class LocalPAttention(nn.Module):
         check_mask(mask, scores.shape, "attention scores (B, Lq, Lk)")
         if mask is not None:
             valid = valid & mask
+        return self._attend(scores, query, value, valid, key_lengths)
+
+    def attend(self, query: Tensor, key: Tensor, value: Tensor, valid: Tensor, key_lengths: Tensor) -> tuple[Tensor, Tensor]:
+        """:meth:`forward` without its checks, for a caller that has validated its inputs once (a decoder
+        calls this at every step: checking ``key_lengths`` against ``Lk`` would read them from the device,
+        one host synchronisation per step). ``valid`` ``(B, 1 or Lq, Lk)``, ``True`` = may attend (padding
+        included), ``key_lengths`` ``(B,)`` in ``[1, Lk]``; returns ``(context, weights)`` as :meth:`forward`.
+        """
+        return self._attend(self.score(query, key), query, value, valid, key_lengths)
+
+    def _attend(self, scores: Tensor, query: Tensor, value: Tensor, valid: Tensor, key_lengths: Tensor) -> tuple[Tensor, Tensor]:
         centers = self.predict_centers(query, key_lengths)  # (B, Lq)
         weights = _local_p_weights(scores, centers, self.window, valid)  # (B, Lq, Lk)
         return weights @ value, weights

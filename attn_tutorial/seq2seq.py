@@ -437,8 +437,10 @@ class LuongDecoder(_RecurrentDecoder):
         mask = state.src_mask[:, None, :]  # (B, 1, S), True = real source token
         if isinstance(self.attention, LocalPAttention):
             # An empty source has no centre to predict; clamp its length to 1, the mask still hides everything.
+            # The mask and lengths were checked by encode (left-aligned, so the mask is the padding mask):
+            # the unchecked call keeps each step free of host synchronisation.
             lengths = state.src_lengths.clamp(min=1)
-            context, weights = self.attention(h, state.memory, state.memory, mask, key_lengths=lengths)
+            context, weights = self.attention.attend(h, state.memory, state.memory, mask, lengths)
         else:
             context, weights = self.attention(h, state.memory, state.memory, mask)
         return torch.tanh(self.w_c(torch.cat([context, h], -1))), weights  # (B, T, H), (B, T, S)

@@ -389,3 +389,31 @@ def test_gru_cell_is_one_step_of_torch_gru() -> None:
         h = gru_cell(x[:, t], h, gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0)
         torch.testing.assert_close(h, out[:, t], rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(h, h_n[0], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("variant", ["luong-general-local-p", "luong-dot-local-p-nofeed"])
+def test_local_p_steps_do_not_recheck_lengths(variant: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local-p decoding checks the source once (encode), not at every step: ``check_key_lengths`` reads
+    the lengths back from the device, a host synchronisation per step on a GPU. The unchecked path
+    gives what the checked module call gives."""
+    from attn_tutorial import attention
+    from attn_tutorial.decoding import greedy_decode
+
+    model = make_model(variant)
+    src, src_mask, tgt, tgt_mask = make_batch([5, 2, 0, 4], [4, 3, 1, 2], extra_src_pad=1)
+    state = model.encode(src, src_mask)
+    h = torch.randn(4, 3, 5, dtype=torch.float64)
+    checked = model.decoder.attention(h, state.memory, state.memory, src_mask[:, None, :], key_lengths=state.src_lengths.clamp(min=1))
+    unchecked = model.decoder.attention.attend(h, state.memory, state.memory, src_mask[:, None, :], state.src_lengths.clamp(min=1))
+    for a, b in zip(checked, unchecked):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+    def forbidden(*args: object, **kwargs: object) -> None:
+        raise AssertionError("check_key_lengths called while decoding")
+
+    monkeypatch.setattr(attention, "check_key_lengths", forbidden)
+    logits = model(src, src_mask, tgt, tgt_mask)
+    result = greedy_decode(model, src, src_mask, max_len=4)
+    assert logits.shape == (4, 4, TGT_V) and len(result.tokens) == 4
+    with pytest.raises(AssertionError, match="check_key_lengths"):  # the module's own forward still checks
+        model.decoder.attention(h, state.memory, state.memory, key_lengths=state.src_lengths.clamp(min=1))
