@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .pretrained import CARD_FILE, card_length_penalty, resolve_model_dir
+from .pretrained import CARD_FILE, card_length_penalty, read_card, resolve_model_dir
 
 __all__ = [
     "CardSummary",
@@ -192,7 +192,7 @@ def load_test_outputs(name: str, split: str = "test_2016_flickr", decoding: str 
     if length_penalty_alpha is not None:
         if decoding != "beam5":
             raise ValueError(f"length_penalty_alpha applies to decoding='beam5' only, got decoding={decoding!r}")
-        own = card_length_penalty(json.loads((model_dir / CARD_FILE).read_text(encoding="utf-8")))
+        own = card_length_penalty(read_card(model_dir))
         if length_penalty_alpha != own:
             if length_penalty_alpha != COMPARISON_ALPHA:
                 raise ValueError(f"length_penalty_alpha must be None or {own} (the card's) or {COMPARISON_ALPHA} "
