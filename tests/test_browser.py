@@ -22,6 +22,7 @@ import http.server
 import os
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -222,6 +223,12 @@ def test_page_renders_cleanly(rel: str, server: str, browser: Any) -> None:
 
     page.on("requestfailed", on_requestfailed)
     page.on("response", on_response)
+    # Requests still in flight, for the settle loop below (Playwright's "networkidle" is Chromium's
+    # lifecycle event: on a busy machine it timed out on the 1.2 MB API page without saying why).
+    in_flight: dict[Any, str] = {}
+    page.on("request", lambda request: in_flight.__setitem__(request, request.url))
+    page.on("requestfinished", lambda request: in_flight.pop(request, None))
+    page.on("requestfailed", lambda request: in_flight.pop(request, None))
     # Abort anything that would leave this machine, so the check is the same with or without internet.
     page.route(re.compile(r"^(?!http://127\.0\.0\.1).*"), lambda route: route.abort())
 
@@ -236,7 +243,7 @@ def test_page_renders_cleanly(rel: str, server: str, browser: Any) -> None:
         }"""
     )
     page.evaluate("() => window.MathJax && MathJax.startup ? MathJax.startup.promise : null")
-    page.wait_for_load_state("networkidle")
+    _settle(page, in_flight, rel)
 
     report = page.evaluate(
         """() => ({
@@ -285,6 +292,22 @@ def test_page_renders_cleanly(rel: str, server: str, browser: Any) -> None:
     assert not problems, f"{rel}:\n  " + "\n  ".join(problems)
 
 
+def _settle(page: Any, in_flight: dict[Any, str], rel: str, quiet_s: float = 0.5, limit_s: float = 120.0) -> None:
+    """Wait until no request has been in flight for ``quiet_s`` seconds; fail naming the ones still
+    pending after ``limit_s`` seconds (generous: the API page takes 17 s to load and scroll on 2 cores)."""
+    start = time.monotonic()
+    quiet_since = start
+    while True:
+        page.wait_for_timeout(100)  # lets Playwright deliver the request events
+        now = time.monotonic()
+        if in_flight:
+            quiet_since = now
+        elif now - quiet_since >= quiet_s:
+            return
+        if now - start > limit_s:
+            pytest.fail(f"{rel}: requests still pending after {limit_s:.0f} s: {sorted(set(in_flight.values()))[:10]}")
+
+
 def _cjk_on_glossary(browser: Any, server: str) -> dict[str, Any]:
     page = browser.new_page()
     page.goto(f"{server}/book/glossary.html", wait_until="load")
@@ -330,3 +353,19 @@ def test_chinese_check_fails_without_a_cjk_font(server: str, browser: Any, tmp_p
         f"with the CJK fonts hidden, the check saw only {len(result['tofu'])} of {result['distinct']} "
         "Chinese characters as boxes: it would not catch a missing font"
     )
+
+
+def test_settle_names_a_request_that_never_ends(server: str, browser: Any) -> None:
+    page = browser.new_page()
+    in_flight: dict[Any, str] = {}
+    page.on("request", lambda request: in_flight.__setitem__(request, request.url))
+    page.on("requestfinished", lambda request: in_flight.pop(request, None))
+    page.on("requestfailed", lambda request: in_flight.pop(request, None))
+    held: list[Any] = []
+    page.route("**/never-answered.png", lambda route: held.append(route))  # never continued: it hangs
+    page.goto(f"{server}/book/glossary.html", wait_until="load")
+    _settle(page, in_flight, "glossary")  # the page itself settles
+    page.evaluate("() => { const i = new Image(); i.src = 'never-answered.png'; document.body.append(i); }")
+    with pytest.raises(pytest.fail.Exception, match="never-answered.png"):
+        _settle(page, in_flight, "glossary", limit_s=2.0)
+    page.close()
