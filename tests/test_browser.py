@@ -52,6 +52,8 @@ ALLOWED_CONSOLE = [
     # 404s are reported by the response check below, with their URLs, not by the console text.
     (r"Failed to load resource: the server responded with a status of 404", "checked by URL below"),
 ]
+PAGE_TIMEOUT_MS = 120_000  # per Playwright action (load, evaluate, screenshot)
+
 # Resources allowed to 404, with the reason.
 ALLOWED_404 = [
     r"/favicon\.ico$",  # the browser asks for a favicon the book does not have
@@ -192,6 +194,9 @@ def test_page_renders_cleanly(rel: str, server: str, browser: Any) -> None:
         assert (HTML / Path(rel).parent / target).is_file(), f"{rel} redirects to missing {target}"
         return
     context = browser.new_context(viewport={"width": 1280, "height": 900})
+    # The API page (1.2 MB, 170,000 px tall) takes 7 s to load and 15 s to screenshot on this 2-core
+    # machine: Playwright's default 30 s per action leaves no margin on a slower one.
+    context.set_default_timeout(PAGE_TIMEOUT_MS)
     page = context.new_page()
     errors: list[str] = []
     external: list[str] = []
