@@ -39,6 +39,10 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
     "--disable-background-networking", "--disable-component-update", "--disable-sync",
 ]
+# Per Playwright action on a checked page (load, evaluate, screenshot), and the most a page may take to
+# settle. The API page (1.2 MB, 170,000 px tall) takes 7 s to load and 15 s to screenshot on this 2-core
+# machine: Playwright's default 30 s leaves no margin on a slower one.
+PAGE_TIMEOUT_MS = 120_000
 
 # Console errors known to be harmless, with the reason. Anything else fails the page.
 ALLOWED_CONSOLE = [
@@ -52,8 +56,6 @@ ALLOWED_CONSOLE = [
     # 404s are reported by the response check below, with their URLs, not by the console text.
     (r"Failed to load resource: the server responded with a status of 404", "checked by URL below"),
 ]
-PAGE_TIMEOUT_MS = 120_000  # per Playwright action (load, evaluate, screenshot)
-
 # Resources allowed to 404, with the reason.
 ALLOWED_404 = [
     r"/favicon\.ico$",  # the browser asks for a favicon the book does not have
@@ -194,8 +196,6 @@ def test_page_renders_cleanly(rel: str, server: str, browser: Any) -> None:
         assert (HTML / Path(rel).parent / target).is_file(), f"{rel} redirects to missing {target}"
         return
     context = browser.new_context(viewport={"width": 1280, "height": 900})
-    # The API page (1.2 MB, 170,000 px tall) takes 7 s to load and 15 s to screenshot on this 2-core
-    # machine: Playwright's default 30 s per action leaves no margin on a slower one.
     context.set_default_timeout(PAGE_TIMEOUT_MS)
     page = context.new_page()
     errors: list[str] = []
@@ -228,12 +228,7 @@ def test_page_renders_cleanly(rel: str, server: str, browser: Any) -> None:
 
     page.on("requestfailed", on_requestfailed)
     page.on("response", on_response)
-    # Requests still in flight, for the settle loop below (Playwright's "networkidle" is Chromium's
-    # lifecycle event: on a busy machine it timed out on the 1.2 MB API page without saying why).
-    in_flight: dict[Any, str] = {}
-    page.on("request", lambda request: in_flight.__setitem__(request, request.url))
-    page.on("requestfinished", lambda request: in_flight.pop(request, None))
-    page.on("requestfailed", lambda request: in_flight.pop(request, None))
+    in_flight = _track_requests(page)
     # Abort anything that would leave this machine, so the check is the same with or without internet.
     page.route(re.compile(r"^(?!http://127\.0\.0\.1).*"), lambda route: route.abort())
 
@@ -297,9 +292,22 @@ def test_page_renders_cleanly(rel: str, server: str, browser: Any) -> None:
     assert not problems, f"{rel}:\n  " + "\n  ".join(problems)
 
 
-def _settle(page: Any, in_flight: dict[Any, str], rel: str, quiet_s: float = 0.5, limit_s: float = 120.0) -> None:
+def _track_requests(page: Any) -> dict[Any, str]:
+    """The page's requests still in flight (request -> URL), kept up to date by Playwright's events.
+
+    :func:`_settle` waits on it instead of Playwright's "networkidle" (Chromium's lifecycle event),
+    which timed out on the API page on a slower machine without saying what it was waiting for."""
+    in_flight: dict[Any, str] = {}
+    page.on("request", lambda request: in_flight.__setitem__(request, request.url))
+    page.on("requestfinished", lambda request: in_flight.pop(request, None))
+    page.on("requestfailed", lambda request: in_flight.pop(request, None))
+    return in_flight
+
+
+def _settle(page: Any, in_flight: dict[Any, str], rel: str, quiet_s: float = 0.5,
+            limit_s: float = PAGE_TIMEOUT_MS / 1000) -> None:
     """Wait until no request has been in flight for ``quiet_s`` seconds; fail naming the ones still
-    pending after ``limit_s`` seconds (generous: the API page takes 17 s to load and scroll on 2 cores)."""
+    pending after ``limit_s`` seconds."""
     start = time.monotonic()
     quiet_since = start
     while True:
@@ -362,10 +370,7 @@ def test_chinese_check_fails_without_a_cjk_font(server: str, browser: Any, tmp_p
 
 def test_settle_names_a_request_that_never_ends(server: str, browser: Any) -> None:
     page = browser.new_page()
-    in_flight: dict[Any, str] = {}
-    page.on("request", lambda request: in_flight.__setitem__(request, request.url))
-    page.on("requestfinished", lambda request: in_flight.pop(request, None))
-    page.on("requestfailed", lambda request: in_flight.pop(request, None))
+    in_flight = _track_requests(page)
     held: list[Any] = []
     page.route("**/never-answered.png", lambda route: held.append(route))  # never continued: it hangs
     page.goto(f"{server}/book/glossary.html", wait_until="load")
